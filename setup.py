@@ -1,0 +1,42 @@
+"""Installs ``configs/`` as ``mmcals/.mim/configs/configs`` for ``_base_ = 'mmcals::...'``.
+
+mmengine looks for a package's configs under ``<package>/.mim/configs`` and requires a folder
+after ``::``; keeping the repo's own ``configs/`` folder there means downstream configs write
+the same path as in this repo: ``_base_ = 'mmcals::configs/deeplabv3_cals_cityscapes.py'``. A wheel gets a copy; an editable install gets a symlink to the checkout's
+``configs/`` so edits show up at once. Everything else about the build is in pyproject.toml.
+"""
+import os
+import os.path as osp
+import shutil
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = osp.dirname(osp.abspath(__file__))
+
+
+def write_mim(package_dir: str, link: bool) -> None:
+    mim = osp.join(package_dir, '.mim')
+    shutil.rmtree(mim, ignore_errors=True)
+    os.makedirs(osp.join(mim, 'configs'))
+    if link:
+        os.symlink(osp.join('..', '..', '..', 'configs'), osp.join(mim, 'configs', 'configs'))
+    else:
+        shutil.copytree(osp.join(HERE, 'configs'), osp.join(mim, 'configs', 'configs'),
+                        ignore=shutil.ignore_patterns('__pycache__'))
+    # mmengine reads model-index.yml before falling back to .mim/configs/<path>.
+    with open(osp.join(mim, 'model-index.yml'), 'w') as f:
+        f.write('Import: []\n')
+
+
+class BuildWithConfigs(build_py):
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            write_mim(osp.join(HERE, 'mmcals'), link=True)
+        else:
+            write_mim(osp.join(self.build_lib, 'mmcals'), link=False)
+
+
+setup(cmdclass={'build_py': BuildWithConfigs})

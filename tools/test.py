@@ -1,0 +1,65 @@
+"""Evaluate a checkpoint with the config's test evaluators (mIoU and calibration metrics).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show] [--show-dir DIR]
+                         [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm]
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import mmcals  # noqa: E402,F401  (registers modules, applies stack fixes, enables mmcals::)
+from mmcals import cli  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--show-dir', help='save images with predictions drawn on them here')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds between --show')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    cli.add_common_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def enable_visualization(cfg, args) -> None:
+    hooks = cfg.setdefault('default_hooks', {})
+    if 'visualization' not in hooks:
+        raise cli.UsageError('--show/--show-dir need default_hooks.visualization '
+                             "(dict(type='SegVisualizationHook')) in the config")
+    hook = hooks['visualization']
+    hook['draw'] = True
+    hook.setdefault('interval', 1)  # mmseg's default draws one image in 50
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        cfg.visualizer['save_dir'] = args.show_dir
+
+
+def main():
+    args = parse_args()
+    cli.check_launcher(args.launcher)
+    cfg = cli.load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = cli.default_work_dir(cfg, args.config, args.work_dir)
+    cli.check_checkpoint(args.checkpoint, 'checkpoint')
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args)
+    if args.tta:
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    cli.check_datasets(cfg, ['test_dataloader'])
+
+    runner = cli.build_runner(cfg)
+    runner.test()
+    cli.finish(distributed=args.launcher != 'none')
+
+
+if __name__ == '__main__':
+    cli.run_tool(main)
