@@ -1,13 +1,13 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv with the pinned stack (torch first), then run the demo
-#   make test   the same set-up, then the test suite
+#   make test   the same set-up, then ruff and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mmcals-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 setup: $(STAMP)
 
@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml setup.py requirements/lock.txt
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py --work-dir work_dirs/demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) work_dirs build *.egg-info mmcals/.mim

@@ -2,8 +2,9 @@
 
 mmengine looks for a package's configs under ``<package>/.mim/configs`` and requires a folder
 after ``::``; keeping the repo's own ``configs/`` folder there means downstream configs write
-the same path as in this repo: ``_base_ = 'mmcals::configs/deeplabv3_cals_cityscapes.py'``. A wheel gets a copy; an editable install gets a symlink to the checkout's
-``configs/`` so edits show up at once. Everything else about the build is in pyproject.toml.
+the same path as in this repo: ``_base_ = 'mmcals::configs/deeplabv3_cals_cityscapes.py'``.
+A wheel gets a copy; an editable install gets a symlink to the checkout's ``configs/`` so
+edits show up at once. Everything else about the build is in pyproject.toml.
 """
 import os
 import os.path as osp

@@ -12,4 +12,4 @@ __version__ = '0.1.0'
 MODULE2PACKAGE.setdefault('mmcals', 'mmcals')
 compat.apply()
 
-from . import datasets, evaluation, hooks, losses  # noqa: E402,F401  (registrations)
+from . import datasets, evaluation, hooks, losses, registry  # noqa: E402,F401  (registrations)

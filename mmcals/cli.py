@@ -66,9 +66,13 @@ def load_config(path: str, cfg_options: Optional[dict]) -> Config:
         cfg = Config.fromfile(path)
         if cfg_options:
             cfg.merge_from_dict(cfg_options)
-    except (KeyError, TypeError, SyntaxError, AssertionError) as error:
+    except (KeyError, TypeError, ValueError, SyntaxError, AssertionError) as error:
         lines = str(error).strip().splitlines() or [type(error).__name__]
-        raise UsageError(f'config {path} could not be read: {lines[-1]}') from error
+        hint = ''
+        if '_get_package_and_cfg_path' in lines[-1]:
+            hint = " (inherit mmcals configs as _base_ = 'mmcals::configs/<name>.py')"
+            lines = ['mmengine needs a folder after "::"']
+        raise UsageError(f'config {path} could not be read: {lines[-1]}{hint}') from error
     return cfg
 
 
@@ -91,6 +95,12 @@ def _datasets(dataset_cfg: dict) -> Iterable[dict]:
         yield dataset_cfg
 
 
+def _generates_its_data(dataset_type) -> bool:
+    from mmseg.registry import DATASETS
+    cls = DATASETS.get(dataset_type) if isinstance(dataset_type, str) else dataset_type
+    return bool(getattr(cls, 'GENERATES_DATA', False))
+
+
 def check_datasets(cfg: Config, loader_keys: Iterable[str]) -> None:
     """Every dataset folder the run will read exists, or a one-line error says which."""
     for key in loader_keys:
@@ -98,6 +108,8 @@ def check_datasets(cfg: Config, loader_keys: Iterable[str]) -> None:
         if not loader or not loader.get('dataset'):
             continue
         for dataset in _datasets(loader['dataset']):
+            if _generates_its_data(dataset.get('type')):
+                continue
             root = dataset.get('data_root') or ''
             prefixes = {k: v for k, v in (dataset.get('data_prefix') or {}).items() if v}
             layout = ', '.join(f'{v}/' for v in prefixes.values()) or 'the dataset files'

@@ -57,7 +57,7 @@ def install_mmcv_ext_stub() -> bool:
     return True
 
 
-def _load_trusted_local_checkpoint(filename: str, map_location=None):
+def load_from_trusted_local(filename: str, map_location=None):
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename} does not exist')
@@ -79,7 +79,7 @@ def patch_checkpoint_loading() -> bool:
     if (major, minor) < (2, 6):
         return False
     from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', force=True)(_load_trusted_local_checkpoint)
+    CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_trusted_local)
     _applied.add('checkpoint')
     logger.debug('mmcals.compat: local checkpoints are loaded with torch.load('
                  'weights_only=False) (trusted checkpoints only)')
@@ -173,8 +173,9 @@ def adapt_config_to_device(cfg) -> list:
     """Let a config written for GPUs (SyncBN, nccl) run on a machine without CUDA.
 
     Switches the distributed backend to gloo, SyncBN to BN (with mmengine's SyncBuffersHook to
-    keep the ranks' BN statistics equal), and DDP to ``device_ids=None`` (stack.md item 3). Changes ``cfg`` in place and returns a description of each change;
-    with CUDA present it changes nothing.
+    keep the ranks' BN statistics equal), and DDP to ``device_ids=None`` (stack.md item 3).
+    Changes ``cfg`` in place and returns a description of each change; with CUDA present it
+    changes nothing.
     """
     if torch.cuda.is_available():
         return []

@@ -4,13 +4,9 @@
                          [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm]
 """
 import argparse
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-import mmcals  # noqa: E402,F401  (registers modules, applies stack fixes, enables mmcals::)
-from mmcals import cli  # noqa: E402
+import mmcals  # noqa: F401  (registers modules, applies stack fixes, enables mmcals::)
+from mmcals import cli
 
 
 def parse_args(argv=None):

@@ -7,13 +7,9 @@ On a machine without CUDA a GPU config (SyncBN, nccl) runs unchanged: the backen
 SyncBN becomes BN and DDP gets ``device_ids=None``; one log line says so.
 """
 import argparse
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-import mmcals  # noqa: E402,F401  (registers modules, applies stack fixes, enables mmcals::)
-from mmcals import cli  # noqa: E402
+import mmcals  # noqa: F401  (registers modules, applies stack fixes, enables mmcals::)
+from mmcals import cli
 
 
 def parse_args(argv=None):

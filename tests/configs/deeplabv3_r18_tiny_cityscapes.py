@@ -33,5 +33,3 @@ default_hooks = dict(
     checkpoint=dict(interval=2),
 )
 randomness = dict(seed=0)
-val_evaluator = [dict(type='IoUMetric', iou_metrics=['mIoU'])]  # TEMP
-test_evaluator = val_evaluator  # TEMP

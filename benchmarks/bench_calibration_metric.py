@@ -1,0 +1,190 @@
+"""Side by side on a stream of Cityscapes-sized images: per-image time, peak memory and state
+size of PixelCalibrationMetric (all metrics, and top_label_only), mmseg's IoUMetric and
+torchmetrics' MulticlassCalibrationError (top-label ECE only).
+
+    python benchmarks/bench_calibration_metric.py [--images 20] [--size 1024 2048]
+                                                  [--classes 19] [--logits seglike|randn]
+
+Each metric runs in its own process, so that peak memory (ru_maxrss above the level reached
+after the inputs were made) is its own. Time is wall-clock time of ``process`` (``update`` for
+torchmetrics) per image, on the logits mmseg would hand over: a float32 ``(C, H, W)`` tensor,
+labels with 10% ignored pixels (the bottom rows, like Cityscapes' ego vehicle) and, for
+IoUMetric, the argmax prediction made beforehand (as the model does). State is the size of
+what each metric holds after the last image, pickled (what mmengine would collect).
+
+``--logits seglike`` (default): noise plus a margin of 0..12 on one class, which is the label
+85% of the time: confidences spread over (0, 1] like a segmentation model's.
+``--logits randn``: plain standard normal logits (confidence mostly < 0.5).
+"""
+import argparse
+import json
+import os
+import pickle
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+METHODS = ('ours_all', 'ours_top_label', 'iou', 'torchmetrics')
+NAMES = {
+    'ours_all': 'PixelCalibrationMetric (all)',
+    'ours_top_label': 'PixelCalibrationMetric (top_label_only)',
+    'iou': 'mmseg IoUMetric',
+    'torchmetrics': 'torchmetrics MulticlassCalibrationError',
+}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--images', type=int, default=20)
+    parser.add_argument('--size', type=int, nargs=2, default=(1024, 2048))
+    parser.add_argument('--classes', type=int, default=19)
+    parser.add_argument('--logits', choices=('seglike', 'randn'), default='seglike')
+    parser.add_argument('--worker', choices=METHODS, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class Stream:
+    """Fills the same buffers with image after image, without allocating."""
+
+    def __init__(self, args):
+        self.args = args
+        height, width = args.size
+        self.logits = torch.empty(args.classes, height, width)
+        self.labels = torch.empty(height, width, dtype=torch.int64)
+        self.favoured = torch.empty(height, width, dtype=torch.int64)
+        self.margin = torch.empty(height, width)
+        self.other = torch.empty(height, width, dtype=torch.int64)
+        self.mask = torch.empty(height, width)
+        self.ignored = height // 10
+
+    def fill(self, index: int) -> None:
+        g = torch.Generator().manual_seed(index)
+        num_classes = self.args.classes
+        self.logits.normal_(generator=g)
+        self.labels.random_(0, num_classes, generator=g)
+        if self.args.logits == 'seglike':
+            self.other.random_(0, num_classes, generator=g)
+            self.mask.uniform_(generator=g)
+            torch.where(self.mask < 0.15, self.other, self.labels, out=self.favoured)
+            self.margin.uniform_(0, 12, generator=g)
+            self.logits.scatter_add_(0, self.favoured[None], self.margin[None])
+        self.labels[-self.ignored:] = 255
+
+
+def run_worker(args) -> dict:
+    method = args.worker
+    stream = Stream(args)
+    classes = [str(k) for k in range(args.classes)]
+    if method.startswith('ours'):
+        import mmcals  # noqa: F401  (registers the metric)
+        from mmcals.evaluation import PixelCalibrationMetric
+        metric = PixelCalibrationMetric(top_label_only=method == 'ours_top_label')
+        metric.dataset_meta = dict(classes=classes)
+    elif method == 'iou':
+        from mmseg.evaluation import IoUMetric
+        metric = IoUMetric()
+        metric.dataset_meta = dict(classes=classes)
+        pred = torch.empty(1, *args.size, dtype=torch.int64)
+    else:
+        from torchmetrics.classification import MulticlassCalibrationError
+        metric = MulticlassCalibrationError(num_classes=args.classes, n_bins=15, norm='l1',
+                                            ignore_index=255)
+
+    def sample():
+        data = dict(seg_logits=dict(data=stream.logits),
+                    gt_sem_seg=dict(data=stream.labels[None]))
+        if method == 'iou':
+            data['pred_sem_seg'] = dict(data=pred)
+        return data
+
+    stream.fill(0)
+    if method == 'iou':
+        torch.argmax(stream.logits, 0, keepdim=True, out=pred)
+    baseline = max_rss_mib()
+    times = []
+    for index in range(args.images):
+        if index:
+            stream.fill(index)
+            if method == 'iou':
+                torch.argmax(stream.logits, 0, keepdim=True, out=pred)
+        start = time.perf_counter()
+        if method == 'torchmetrics':
+            metric.update(stream.logits[None], stream.labels[None])
+        else:
+            metric.process({}, [sample()])
+        times.append(time.perf_counter() - start)
+    peak = max_rss_mib() - baseline
+    if method == 'torchmetrics':
+        state = len(pickle.dumps([metric.confidences, metric.accuracies]))
+    elif method.startswith('ours'):
+        state = len(pickle.dumps([metric._running, metric._latest, metric.results]))
+    else:
+        state = len(pickle.dumps(metric.results))
+    start = time.perf_counter()
+    if method == 'torchmetrics':
+        value = 100 * float(metric.compute())
+    else:
+        value = metric.evaluate(args.images).get('ECE', float('nan'))
+    compute = time.perf_counter() - start
+    result = dict(method=method, mean=statistics.mean(times), median=statistics.median(times),
+                  first=times[0], peak_mib=peak, state_bytes=state, compute_s=compute,
+                  ece=value, threads=torch.get_num_threads())
+    if method == 'torchmetrics':
+        # torchmetrics sums the bins in float32: redo its computation on its own state in
+        # float64 to show how much of a difference that makes at this scale.
+        from torchmetrics.functional.classification.calibration_error import _ce_compute
+        conf = torch.cat(metric.confidences).double()
+        acc = torch.cat(metric.accuracies).double()
+        result['ece_float64'] = 100 * float(_ce_compute(conf, acc, 15, norm='l1'))
+    return result
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args)))
+        return
+    load = os.getloadavg()
+    results = {}
+    for method in METHODS:
+        command = [sys.executable, __file__, '--worker', method, '--images', str(args.images),
+                   '--size', *map(str, args.size), '--classes', str(args.classes),
+                   '--logits', args.logits]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            sys.exit(f'{method} failed:\n{done.stderr[-3000:]}')
+        results[method] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f'{NAMES[method]:42s} done', file=sys.stderr)
+    height, width = args.size
+    print(f'{args.images} images, {args.classes}x{height}x{width} float32 logits '
+          f'({args.logits}), torch threads {results["iou"]["threads"]}, load average '
+          f'before {load[0]:.2f} after {os.getloadavg()[0]:.2f}')
+    print(f'{"metric":42s} {"s/image":>8s} {"median":>8s} {"first":>8s} {"peak MiB":>9s} '
+          f'{"state":>10s} {"compute s":>9s} {"ECE %":>7s}')
+    for method in METHODS:
+        r = results[method]
+        print(f'{NAMES[method]:42s} {r["mean"]:8.3f} {r["median"]:8.3f} {r["first"]:8.3f} '
+              f'{r["peak_mib"]:9.1f} {r["state_bytes"] / 1024:8.1f}KB {r["compute_s"]:9.3f} '
+              f'{r["ece"]:7.3f}')
+    ours, top = results['ours_all'], results['ours_top_label']
+    iou, tm = results['iou'], results['torchmetrics']
+    print(f'torchmetrics ECE recomputed in float64 from its own state: {tm["ece_float64"]:.3f}'
+          f' (it reports {tm["ece"]:.3f}; ours {ours["ece"]:.3f})')
+    print('ratios (per-image median time): '
+          f'all metrics / torchmetrics = {ours["median"] / tm["median"]:.2f} (target <= 1); '
+          f'top-label only / IoUMetric = {top["median"] / iou["median"]:.2f} (target <= 2); '
+          f'state after {args.images} images: {ours["state_bytes"] / 1e6:.3f} MB '
+          '(target < 1 MB), torchmetrics '
+          f'{tm["state_bytes"] / 2 ** 20:.0f} MiB')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,5 @@
+"""mmcals.datasets: CamVid and the demo's generated street scenes."""
+from .camvid import CamVidDataset
+from .synthetic_streets import SyntheticStreetsDataset
+
+__all__ = ['CamVidDataset', 'SyntheticStreetsDataset']

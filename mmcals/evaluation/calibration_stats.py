@@ -1,0 +1,502 @@
+"""Streaming pixel calibration statistics: fixed-size sums from which the metrics of cals.md §4
+are computed exactly (ECE, MCE, CECE, NLL, Brier) or within a stated bound (aECE).
+
+:class:`CalibrationStats` is the one piece of state: ``update(logits, labels)`` reduces the
+valid pixels of an image to a few ``(classes x bins)`` tables, ``+=`` merges two of them
+(images, ranks), ``summary()`` turns them into the numbers, the per-class table and the
+reliability curve (the ``calibration.json`` dict). Memory does not grow with the dataset.
+
+Conventions (cals.md §4):
+
+- ``p = softmax(z)``, confidence ``c = max_k p_k``, prediction ``argmax_k z_k`` (the first
+  maximal logit on ties, as ``torch.argmax`` and mmseg's ``pred_sem_seg``).
+- Equal-width bins: bin ``b`` (1-based) holds ``c ∈ ((b-1)/B, b/B]``, ``c = 0`` in the first. The
+  index is computed as ``clamp(ceil(B·c), 1, B)`` in the dtype of the probabilities, so a
+  value within an ulp of an edge goes where its rounded product puts it. torchmetrics'
+  ``*CalibrationError`` instead bins ``[(b-1)/B, b/B)`` (``bucketize(right=True)``) plus an
+  extra bin for ``c = 1``: the two agree when no confidence equals a multiple of ``1/B``.
+- aECE (equal-mass bins) is defined like ``np.array_split``: sort the valid pixels by
+  confidence and cut the sequence into ``B`` runs whose sizes differ by at most one. Streaming
+  it uses a fine histogram (see :func:`adaptive_ece`); the error bound is computed with it.
+
+Precision: the work runs in float32 (float64 for float64 logits; half precision is promoted).
+Counts are integers; confidence sums are accumulated in float64; the class-wise probability
+sums (CECE) are summed per chunk of pixels in the working dtype, then in float64. A float32
+accumulator is not enough at dataset scale: torchmetrics' float32 bin sums report an ECE of
+7.8% where the float64 value is 12.5% after 20 Cityscapes-sized images
+(benchmarks/bench_calibration_metric.py).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# aECE's fine histogram: bins uniform in u = -log(1 - c) over [0, FINE_RANGE), so a bin's width
+# in c is about (1 - c) * FINE_RANGE / FINE_BINS: 0.9% of the distance to 1 wherever the
+# confidences pile up. 36 ≈ -log(2^-52) reaches float64's resolution below 1; the last bin
+# also holds everything above, c = 1 included.
+FINE_BINS = 4096
+FINE_RANGE = 36.0
+
+# Pixels per chunk = _CHUNK_ELEMENTS // num_classes on CPU: each float32 temporary of a chunk
+# stays around 4 MiB, near the caches (the fastest size measured on 2 cores). Accelerators
+# get larger chunks: fewer kernel launches.
+_CHUNK_ELEMENTS = 1 << 20
+_CHUNK_ELEMENTS_ACCELERATOR = 1 << 24
+
+
+def equal_width_bin(prob: Tensor, num_bins: int) -> Tensor:
+    """1-based equal-width bin of each probability: ``b`` such that ``p ∈ ((b-1)/B, b/B]``.
+
+    ``p = 0`` goes to bin 1 (cals.md §4). Returns int32.
+    """
+    return (prob * num_bins).ceil_().to(torch.int32).clamp_(1, num_bins)
+
+
+def fine_bin(conf: Tensor, fine_bins: int = FINE_BINS, fine_range: float = FINE_RANGE) -> Tensor:
+    """Index of each confidence in the fine histogram: ``floor(-log(1 - c) * F / range)``."""
+    u = torch.log1p(-conf).mul_(-fine_bins / fine_range)
+    return u.clamp_(max=fine_bins - 1).to(torch.int64)  # c = 1 gives inf: clamp before casting
+
+
+def fine_bin_edges(fine_bins: int = FINE_BINS,
+                   fine_range: float = FINE_RANGE) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper confidence of each fine bin (the last one reaches 1)."""
+    u = np.arange(fine_bins + 1) * (fine_range / fine_bins)
+    edges = -np.expm1(-u)
+    edges[-1] = 1.0
+    return edges[:-1], edges[1:]
+
+
+class CalibrationStats:
+    """Fixed-size sufficient statistics of pixel calibration (cals.md §4).
+
+    Tables, all summed over the valid pixels seen so far (``C`` classes, ``B`` bins):
+
+    - ``top_count/top_conf/top_correct [C, B]``: pixels by ground-truth class and equal-width
+      bin of their confidence; count, sum of confidences, number correctly predicted. Summed
+      over classes they give ECE and MCE; per row, the top-label ECE of one class's pixels.
+    - ``cls_count/cls_prob/cls_hit [C, B]``: for each class ``k``, all pixels by the bin of
+      ``p_k``; count, sum of ``p_k``, number labelled ``k`` (CECE). Not filled when
+      ``top_label_only``.
+    - ``fine_count/fine_conf/fine_correct [F]``: the fine confidence histogram for aECE.
+    - ``nll``, ``brier``: sums of ``-log p_y`` and ``Σ_k (p_k - [y = k])²`` (Brier not filled
+      when ``top_label_only``).
+
+    Args:
+        num_classes (int): Number of classes ``C`` (channels of the logits).
+        num_bins (int): Number of equal-width (and equal-mass) bins ``B``. Default: 15.
+        ignore_index (int): Label value of pixels left out. Default: 255.
+        top_label_only (bool): Skip what needs every class's normalised probability: the
+            class-wise tables (CECE) and the Brier score. What remains (ECE, MCE, aECE, NLL,
+            confidence, accuracy) needs one pass over the logits. Default: False.
+        device (str | torch.device): Where the tables live; the per-image work runs on the
+            logits' device and only the tables move. Default: 'cpu'.
+        chunk_size (int, optional): Pixels per chunk; None picks about 4 MiB per float32
+            temporary on CPU and 64 MiB elsewhere. Default: None.
+    """
+
+    def __init__(self, num_classes: int, num_bins: int = 15, ignore_index: int = 255,
+                 top_label_only: bool = False, device='cpu',
+                 chunk_size: Optional[int] = None) -> None:
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f'num_classes must be an int >= 2, got {num_classes!r}: softmax '
+                             'calibration needs at least two classes (use out_channels=2 for '
+                             'binary segmentation)')
+        if not isinstance(num_bins, int) or num_bins < 1:
+            raise ValueError(f'num_bins must be a positive int, got {num_bins!r}')
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f'chunk_size must be a positive int or None, got {chunk_size!r}')
+        self.num_classes = num_classes
+        self.num_bins = num_bins
+        self.ignore_index = ignore_index
+        self.top_label_only = top_label_only
+        self.chunk_size = chunk_size
+        self.device = torch.device(device)
+        shape = (num_classes, num_bins)
+        f64 = {'dtype': torch.float64, 'device': self.device}
+        i64 = {'dtype': torch.int64, 'device': self.device}
+        self.top_count = torch.zeros(shape, **i64)
+        self.top_conf = torch.zeros(shape, **f64)
+        self.top_correct = torch.zeros(shape, **i64)
+        self.cls_count = torch.zeros(shape, **i64)
+        self.cls_prob = torch.zeros(shape, **f64)
+        self.cls_hit = torch.zeros(shape, **i64)
+        self.fine_count = torch.zeros(FINE_BINS, **i64)
+        self.fine_conf = torch.zeros(FINE_BINS, **f64)
+        self.fine_correct = torch.zeros(FINE_BINS, **i64)
+        self.nll = torch.zeros((), **f64)
+        self.brier = torch.zeros((), **f64)
+
+    _TABLES = ('top_count', 'top_conf', 'top_correct', 'cls_count', 'cls_prob', 'cls_hit',
+               'fine_count', 'fine_conf', 'fine_correct', 'nll', 'brier')
+
+    @property
+    def num_pixels(self) -> int:
+        return int(self.top_count.sum())
+
+    def empty_like(self) -> CalibrationStats:
+        """A zeroed instance with the same settings."""
+        return CalibrationStats(self.num_classes, self.num_bins, self.ignore_index,
+                                self.top_label_only, self.device, self.chunk_size)
+
+    def _check_compatible(self, other: CalibrationStats) -> None:
+        mine = (self.num_classes, self.num_bins, self.top_label_only)
+        theirs = (other.num_classes, other.num_bins, other.top_label_only)
+        if mine != theirs:
+            raise ValueError('cannot merge CalibrationStats with different (num_classes, '
+                             f'num_bins, top_label_only): {mine} and {theirs}')
+
+    def __iadd__(self, other: CalibrationStats) -> CalibrationStats:
+        self._check_compatible(other)
+        for name in self._TABLES:
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+        return self
+
+    def __add__(self, other: CalibrationStats) -> CalibrationStats:
+        total = self.empty_like()
+        total += self
+        total += other
+        return total
+
+    def __getstate__(self) -> dict:
+        # Collected across ranks by pickling: always as CPU tensors.
+        state = dict(self.__dict__)
+        state['device'] = torch.device('cpu')
+        for name in self._TABLES:
+            state[name] = state[name].cpu()
+        return state
+
+    # ------------------------------------------------------------------------------ update
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        """Add the valid pixels of one image.
+
+        Args:
+            logits (Tensor): Raw class scores, shape ``(C, *spatial)`` (e.g. mmseg's
+                ``seg_logits.data``, ``(C, H, W)``), any float dtype; half precision is
+                computed in float32.
+            labels (Tensor): Ground truth, shape ``spatial`` or ``(1, *spatial)``, integer
+                class indices in ``[0, C)`` or ``ignore_index``.
+        """
+        if logits.ndim < 2 or logits.shape[0] != self.num_classes:
+            raise ValueError(f'logits must have shape (num_classes={self.num_classes}, '
+                             f'*spatial), got {tuple(logits.shape)}')
+        if not logits.is_floating_point():
+            raise ValueError(f'logits must be a float tensor, got dtype {logits.dtype}')
+        spatial = tuple(logits.shape[1:])
+        label_shape = tuple(labels.shape)
+        if label_shape[:1] == (1,) and label_shape[1:] == spatial:
+            label_shape = label_shape[1:]
+        if label_shape != spatial:
+            raise ValueError(f'labels of shape {tuple(labels.shape)} do not match logits of '
+                             f'shape {tuple(logits.shape)}: expected {spatial} or (1, *{spatial})')
+        if logits.dtype != torch.float64:
+            logits = logits.float()
+        z = logits.reshape(self.num_classes, -1)
+        y = labels.reshape(-1).to(device=z.device, dtype=torch.int64)
+        chunk = self.chunk_size or max(1, (_CHUNK_ELEMENTS if z.device.type == 'cpu'
+                                           else _CHUNK_ELEMENTS_ACCELERATOR) // self.num_classes)
+        starts = list(range(0, z.shape[1], chunk))
+        valid = y != self.ignore_index
+        threads = torch.get_num_threads()
+        workers = min(threads, len(starts)) if z.device.type == 'cpu' else 1
+        if workers <= 1:
+            parts = [self._reduce(z, y, valid, starts, chunk)]
+        else:
+            # A chunk's few dozen ops are too small to split across cores: when the cores are
+            # shared, every parallel region waits for a descheduled thread (measured 4x slower
+            # than torchmetrics under load). Whole chunks go to threads instead, each op on
+            # one core; the split is fixed, so the sums do not depend on timing.
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    parts = list(pool.map(
+                        lambda i: self._reduce(z, y, valid, starts[i::workers], chunk),
+                        range(workers)))
+            finally:
+                torch.set_num_threads(threads)
+        for part in parts:
+            for name, value in part.tables().items():
+                getattr(self, name).add_(value.to(self.device))
+
+    def _reduce(self, z: Tensor, y: Tensor, valid: Tensor, starts: Sequence[int],
+                chunk: int) -> _ImageSums:
+        """The tables of the chunks of pixels beginning at ``starts``."""
+        image = _ImageSums(self.num_classes, self.num_bins, self.top_label_only, z.device)
+        with torch.no_grad():  # grad mode is per thread
+            for start in starts:
+                zc, yc = z[:, start:start + chunk], y[start:start + chunk]
+                keep = valid[start:start + chunk]
+                if not bool(keep.all()):
+                    zc, yc = zc[:, keep], yc[keep]
+                if yc.numel():
+                    image.add_chunk(zc, yc)
+        return image
+
+    # ----------------------------------------------------------------------------- compute
+
+    def summary(self, class_names: Optional[Sequence[str]] = None,
+                classes: Optional[Sequence[int]] = None) -> dict:
+        """The numbers of cals.md §4 as the ``calibration.json`` dict.
+
+        Metric values (``metrics``, ``per_class``, ``aECE_error_bound``) are in percent;
+        ``reliability`` holds fractions. Undefined values (no valid pixel, an empty bin, a
+        class without pixels, CECE and Brier when ``top_label_only``) are None.
+
+        Args:
+            class_names (Sequence[str], optional): One name per class; default '0', '1', ...
+            classes (Sequence[int], optional): Class indices averaged into CECE; those without
+                ground-truth pixels are skipped. Default: every class with pixels.
+        """
+        num_classes, num_bins = self.num_classes, self.num_bins
+        if class_names is None:
+            class_names = [str(k) for k in range(num_classes)]
+        if len(class_names) != num_classes:
+            raise ValueError(f'{len(class_names)} class names given for {num_classes} classes')
+        wanted = range(num_classes) if classes is None else list(classes)
+        for k in wanted:
+            if not isinstance(k, (int, np.integer)) or not 0 <= k < num_classes:
+                raise ValueError(f'class index {k!r} in classes is not in [0, {num_classes})')
+        arrays = {name: getattr(self, name).cpu().numpy() for name in self._TABLES}
+        count = arrays['top_count'].sum(0)
+        conf = arrays['top_conf'].sum(0)
+        correct = arrays['top_correct'].sum(0)
+        pixels_per_class = arrays['top_count'].sum(1)
+        total = int(count.sum())
+
+        def percent(value):
+            return None if value is None or not math.isfinite(value) else 100.0 * float(value)
+
+        nonempty = count > 0
+        with np.errstate(invalid='ignore', divide='ignore'):
+            bin_conf = np.where(nonempty, conf / np.maximum(count, 1), np.nan)
+            bin_acc = np.where(nonempty, correct / np.maximum(count, 1), np.nan)
+        metrics = dict.fromkeys(('ECE', 'MCE', 'aECE', 'CECE', 'NLL', 'Brier',
+                                 'mean_confidence', 'pixel_accuracy'))
+        bound = None
+        per_class_ece = [None] * num_classes
+        per_class_cece = [None] * num_classes
+        cece_classes = []
+        if total:
+            metrics['ECE'] = percent(np.abs(correct - conf).sum() / total)
+            metrics['MCE'] = percent(np.abs(bin_acc - bin_conf)[nonempty].max())
+            aece, aece_bound = adaptive_ece(arrays['fine_count'], arrays['fine_conf'],
+                                            arrays['fine_correct'], num_bins)
+            metrics['aECE'], bound = percent(aece), percent(aece_bound)
+            metrics['NLL'] = percent(arrays['nll'] / total)
+            if not self.top_label_only:
+                metrics['Brier'] = percent(arrays['brier'] / total)
+            metrics['mean_confidence'] = percent(conf.sum() / total)
+            metrics['pixel_accuracy'] = percent(correct.sum() / total)
+            gaps = np.abs(arrays['top_correct'] - arrays['top_conf']).sum(1)
+            for k in np.flatnonzero(pixels_per_class):
+                per_class_ece[k] = percent(gaps[k] / pixels_per_class[k])
+            if not self.top_label_only:
+                cece_k = np.abs(arrays['cls_hit'] - arrays['cls_prob']).sum(1) / total
+                per_class_cece = [percent(v) for v in cece_k]
+                cece_classes = [k for k in wanted if pixels_per_class[k] > 0]
+                if cece_classes:
+                    metrics['CECE'] = percent(cece_k[cece_classes].mean())
+        edges = np.arange(num_bins + 1) / num_bins
+        return {
+            'classes': list(class_names),
+            'num_bins': num_bins,
+            'num_pixels': total,
+            'metrics': metrics,
+            'aECE_error_bound': bound,
+            'cece_classes': [class_names[k] for k in cece_classes],
+            'per_class': [{'class': class_names[k], 'pixels': int(pixels_per_class[k]),
+                           'CECE': per_class_cece[k], 'ECE': per_class_ece[k]}
+                          for k in range(num_classes)],
+            'reliability': {
+                'bin_lower': edges[:-1].tolist(),
+                'bin_upper': edges[1:].tolist(),
+                'count': [int(n) for n in count],
+                'confidence': [None if not n else float(v) for n, v in zip(count, bin_conf)],
+                'accuracy': [None if not n else float(v) for n, v in zip(count, bin_acc)],
+            },
+        }
+
+
+class _ImageSums:
+    """The tables of one image, on the logits' device, filled chunk by chunk."""
+
+    def __init__(self, num_classes: int, num_bins: int, top_label_only: bool,
+                 device: torch.device) -> None:
+        self.num_classes, self.num_bins = num_classes, num_bins
+        self.top_label_only = top_label_only
+        self.sums: dict = {}
+        self.row_starts = (torch.arange(num_classes, device=device, dtype=torch.float32)
+                           * (num_bins + 1))[:, None]
+
+    def _add(self, name: str, value: Tensor) -> None:
+        value = value.to(torch.int64 if not value.is_floating_point() else torch.float64)
+        if name in self.sums:
+            self.sums[name] += value
+        else:
+            self.sums[name] = value
+
+    def tables(self) -> dict:
+        num_classes, num_bins = self.num_classes, self.num_bins
+        shapes = {'fine_count': (FINE_BINS,), 'fine_conf': (FINE_BINS,),
+                  'fine_correct': (FINE_BINS,), 'nll': (), 'brier': ()}
+        return {name: value.reshape(shapes.get(name, (num_classes, num_bins)))
+                for name, value in self.sums.items()}
+
+    def add_chunk(self, z: Tensor, y: Tensor) -> None:
+        """Add valid pixels: logits ``z [C, n]`` (float32/64), labels ``y [n]`` in [0, C)."""
+        num_classes, num_bins = self.num_classes, self.num_bins
+        low, high = torch.aminmax(y)
+        if int(low) < 0 or int(high) >= num_classes:
+            bad = int(low) if int(low) < 0 else int(high)
+            raise ValueError(f'label value {bad} is neither a class index in [0, {num_classes}) '
+                             "nor ignore_index: check the dataset's labels or the metric's "
+                             'ignore_index')
+        z_max = z.amax(0)
+        prob = torch.sub(z, z_max).exp_()  # the winner's entry is exactly 1
+        total = prob.sum(0)
+        if not bool(torch.isfinite(total).all()):
+            raise ValueError('logits contain NaN or infinite values; calibration needs finite '
+                             'scores')
+        conf = total.reciprocal()
+        z_label = z.gather(0, y[None])[0]
+        correct = self._correct(z, y, z_label, z_max, total, prob)
+        # -log p_y = log Σ exp(z - z_max) - (z_y - z_max)
+        self._add('nll', (total.log() - (z_label - z_max)).sum(dtype=torch.float64))
+        # One bincount per table: correct pixels are counted in a second copy of the bins.
+        conf64 = conf.to(torch.float64)
+        n_top = num_classes * num_bins
+        row_start = y * num_bins - 1  # equal-width bins are 1-based
+        # conf in [1/C, 1]: ceil(B conf) is already in [1, B]
+        top = (conf * num_bins).ceil_().to(torch.int64).add_(row_start)
+        top_split = torch.bincount(top.add(correct, alpha=n_top), minlength=2 * n_top)
+        self._add('top_count', top_split[:n_top] + top_split[n_top:])
+        self._add('top_correct', top_split[n_top:])
+        self._add('top_conf', torch.bincount(top, weights=conf64, minlength=n_top))
+        fine = fine_bin(conf)
+        self._add('fine_conf', torch.bincount(fine, weights=conf64, minlength=FINE_BINS))
+        fine_split = torch.bincount(fine.add_(correct, alpha=FINE_BINS), minlength=2 * FINE_BINS)
+        self._add('fine_count', fine_split[:FINE_BINS] + fine_split[FINE_BINS:])
+        self._add('fine_correct', fine_split[FINE_BINS:])
+        if self.top_label_only:
+            return
+        prob.mul_(conf)
+        p_label = prob.gather(0, y[None])[0]
+        # Σ_k (p_k - [y=k])² = Σ_k p_k² - 2 p_y + 1
+        flat = prob.view(-1)
+        squares = torch.dot(flat, flat).to(torch.float64)
+        self._add('brier', squares - 2 * p_label.sum(dtype=torch.float64) + y.numel())
+        # Class k's bins are k*(B+1) + ceil(B p): index 0 of each row (p = 0 exactly) is folded
+        # into bin 1 afterwards, which saves a clamp over the C x n probabilities.
+        width = num_bins + 1
+        cls = (prob * num_bins).ceil_().add_(self.row_starts).to(torch.int32).view(-1)
+        size = num_classes * width
+        self._add('cls_count', _fold_zero_bin(torch.bincount(cls, minlength=size), width))
+        self._add('cls_prob', _fold_zero_bin(torch.bincount(cls, weights=flat, minlength=size),
+                                             width))
+        hit = equal_width_bin(p_label, num_bins).to(torch.int64).add_(row_start)
+        self._add('cls_hit', torch.bincount(hit, minlength=n_top))
+
+    @staticmethod
+    def _correct(z: Tensor, y: Tensor, z_label: Tensor, z_max: Tensor, total: Tensor,
+                 exp: Tensor) -> Tensor:
+        """Whether ``argmax_k z_k`` (the first maximum) is the label.
+
+        ``exp = exp(z - z_max)`` and ``total`` its sum over classes.
+        """
+        correct = z_label == z_max
+        # Correct unless an earlier class ties with the label's logit. Tied classes have
+        # exp == 1 exactly, so a tie needs total >= 2: only those pixels are compared class
+        # by class.
+        suspects = correct & (total >= 2)
+        where = suspects.nonzero()[:, 0]
+        if where.numel() * 16 > correct.numel():
+            # Many suspects (low-confidence data): one pass over the chunk is cheaper than
+            # comparing them all. floor(exp) = 1 exactly where exp == 1.
+            suspects &= exp.floor().sum(0) >= 2
+            where = suspects.nonzero()[:, 0]
+        if where.numel():
+            block = z.index_select(1, where)
+            classes = torch.arange(z.shape[0], device=z.device)[:, None]
+            earlier = (block == z_max[where]) & (classes < y[where])
+            correct[where] = ~earlier.any(0)
+        return correct
+
+
+def _fold_zero_bin(table: Tensor, width: int) -> Tensor:
+    """``[C * (B+1)]`` bincount with ``ceil(B p)`` columns -> ``[C * B]``, p = 0 in bin 1."""
+    table = table.view(-1, width)
+    folded = table[:, 1:].clone()
+    folded[:, 0] += table[:, 0]
+    return folded.reshape(-1)
+
+
+def adaptive_ece(fine_count: np.ndarray, fine_conf: np.ndarray, fine_correct: np.ndarray,
+                 num_bins: int, fine_edges: Optional[tuple] = None) -> tuple[float, float]:
+    """aECE with ``B`` equal-mass bins from the fine histogram; returns ``(aECE, bound)``.
+
+    Exact definition: sort the ``N`` pixels by confidence and cut the sequence at ranks
+    ``r_b = b·q + min(b, N mod B)`` (``q = N // B``; ``np.array_split``), giving
+    ``aECE = (1/N) Σ_b |D_b|`` with ``D_b = Σ_{i in bin b} (a_i - c_i)`` (``a_i``: correct).
+
+    Streaming scheme: a fine bin is a run of consecutive ranks. Fine bins inside one
+    equal-mass bin contribute exactly; a fine bin cut by a rank ``r_b`` is split in
+    proportion, i.e. the cumulative sums of ``a`` and ``c`` are interpolated linearly in rank.
+    This gives ``D̂_b`` with ``Σ_b D̂_b = Σ_b D_b``.
+
+    Error bound (returned with the value; it holds whatever the order of the pixels inside
+    the fine bins, ties included). A piece of ``o`` pixels of a cut fine bin (``n`` pixels,
+    ``k`` correct, confidence sum ``s``, confidences in ``[lo, hi]``) holds ``j`` correct
+    ones, ``max(0, o-n+k) <= j <= min(o, k)``, so its ``Σ (a - c)`` lies in
+    ``[j_min - o·hi, j_max - o·lo]``, against ``o(k - s)/n`` streamed. Summing over the pieces
+    in bin ``b`` gives ``D_b - D̂_b = ε_b ∈ [L_b, U_b]``. With ``s_b = sign(D̂_b)``,
+    ``|D̂_b + ε_b| - |D̂_b| = s_b ε_b + 2 max(0, -s_b (D̂_b + ε_b))`` and ``Σ_b ε_b = 0``:
+
+        N |aECE_stream - aECE_exact| <= min_{σ=±1} 2 Σ_{b: s_b != σ} max(|L_b|, |U_b|)
+                                         + 2 Σ_b max(0, (-L_b if s_b > 0 else U_b) - |D̂_b|)
+
+    The bound vanishes when every bin is clearly over- (or under-) confident, as with
+    confidences piled near 1; otherwise it is driven by the few cut fine bins, which are
+    narrow in ``-log(1 - c)``, i.e. narrow exactly where segmentation confidences pile up.
+    """
+    lo, hi = fine_edges if fine_edges is not None else fine_bin_edges(len(fine_count))
+    keep = fine_count > 0
+    n, s, k = fine_count[keep].astype(np.float64), fine_conf[keep], fine_correct[keep]
+    lo, hi = lo[keep], hi[keep]
+    total = int(fine_count.sum())
+    if total == 0:
+        return math.nan, math.nan
+    cum_n = np.concatenate([[0.0], np.cumsum(n)])
+    cum_s = np.concatenate([[0.0], np.cumsum(s)])
+    cum_k = np.concatenate([[0.0], np.cumsum(k)])
+    q, rem = divmod(total, num_bins)
+    b = np.arange(num_bins + 1)
+    ranks = (b * q + np.minimum(b, rem)).astype(np.float64)
+    gaps = np.diff(np.interp(ranks, cum_n, cum_k)) - np.diff(np.interp(ranks, cum_n, cum_s))
+    aece = np.abs(gaps).sum() / total
+    # [L_b, U_b]: how far the proportional split can be from the truth in each bin.
+    inner = ranks[1:-1]
+    fine = np.searchsorted(cum_n, inner, side='right') - 1
+    cut = np.unique(fine[(cum_n[fine] < inner) & (fine < len(n))])
+    low, high = np.zeros(num_bins), np.zeros(num_bins)
+    for f in cut:
+        for bin_ in range(num_bins):
+            o = min(cum_n[f + 1], ranks[bin_ + 1]) - max(cum_n[f], ranks[bin_])
+            if o <= 0:
+                continue
+            streamed = o * (k[f] - s[f]) / n[f]
+            low[bin_] += max(0.0, o - n[f] + k[f]) - o * hi[f] - streamed
+            high[bin_] += min(o, k[f]) - o * lo[f] - streamed
+    sign = np.where(gaps >= 0, 1, -1)
+    reach = np.maximum(np.abs(low), np.abs(high))
+    mixed = 2 * min(reach[sign != 1].sum(), reach[sign != -1].sum())
+    crossing = 2 * np.maximum(0.0, np.where(sign > 0, -low, high) - np.abs(gaps)).sum()
+    return float(aece), float((mixed + crossing) / total)

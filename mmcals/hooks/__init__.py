@@ -1,0 +1,4 @@
+"""mmcals.hooks."""
+from .cals_hook import CALSHook
+
+__all__ = ['CALSHook']

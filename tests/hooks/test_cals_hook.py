@@ -1,0 +1,319 @@
+"""CALSHook and the multiplier update of cals.md §3: hand-made statistics, then real runs of
+tools/train.py and tools/dist_train.sh on a generated Cityscapes-layout dataset."""
+import glob
+import json
+import logging
+import os.path as osp
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+from mmengine.logging import MMLogger
+from tooling import REPO, cityscapes_options, run_tool
+
+import mmcals  # noqa: F401  (registers the modules)
+from mmcals.hooks import CALSHook
+from mmcals.losses import CALSLoss
+
+TINY = osp.join(REPO, 'tests', 'configs', 'deeplabv3_tiny_cals_cityscapes.py')
+HEADS = ('decode_head', 'auxiliary_head')
+# A margin the first iterations' small logits already violate, a λ away from its lower bound
+# and ρ tested at every update: λ and ρ move within a few iterations.
+MOVING = [f'model.{head}.loss_decode.1.{key}' for head in HEADS
+          for key in ('margin=0.05', 'lambda_init=0.5', 'rho_interval=1')]
+ENV = {'OMP_NUM_THREADS': '1'}
+
+
+# The update rule on hand-made statistics ---------------------------------------------------
+def stats(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_lambda_becomes_the_clamped_mean_derivative():
+    loss = CALSLoss(4, lambda_min=0.1, lambda_max=5.0)
+    assert loss.update_multipliers(stats([0.5, 30.0, 4.0, 0.2]), stats([0, 0, 0, 0]), 4)
+    # 0.5/4, 30/4 clamped to 5, 4/4, 0.2/4 clamped to 0.1
+    assert loss.lambda_.tolist() == [0.125, 5.0, 1.0, 0.1]
+    assert int(loss.num_updates) == 1
+
+
+def test_rho_grows_every_interval_where_the_constraint_did_not_improve_enough():
+    loss = CALSLoss(4, rho_interval=2, rho_gamma=1.5, rho_tau=0.9, rho_max=2.0)
+    ones = stats([1, 1, 1, 1])
+
+    # Update 1 has no previous H: ρ stays.
+    loss.update_multipliers(ones, stats([-0.5, 0.4, 0.4, 0.4]), 1)
+    assert loss.rho.tolist() == [1, 1, 1, 1]
+    assert loss.prev_constraint.tolist() == [-0.5, 0.4, 0.4, 0.4]
+    # Update 2 tests H > 0.9·max(H_prev, 0): 0.1 > 0 yes, 0.2 > 0.36 no, 0.37 > 0.36 yes.
+    loss.update_multipliers(ones, stats([0.1, 0.2, 0.37, 0.5]), 1)
+    assert loss.rho.tolist() == [1.5, 1.0, 1.5, 1.5]
+    # Update 3 is not a ρ update, whatever H does.
+    loss.update_multipliers(ones, stats([1, 1, 1, 1]), 1)
+    assert loss.rho.tolist() == [1.5, 1.0, 1.5, 1.5]
+    # Update 4: 2 > 0.9 grows to min(2.25, 2); 0.5 > 0.9 does not.
+    loss.update_multipliers(ones, stats([2, 0.5, 2, 2]), 1)
+    assert loss.rho.tolist() == [2.0, 1.0, 2.0, 2.0]
+    assert loss.prev_constraint.tolist() == [2, 0.5, 2, 2]
+    assert int(loss.num_updates) == 4
+
+
+def test_rho_interval_zero_never_grows_rho():
+    loss = CALSLoss(2, rho_interval=0)
+    for constraint in ([-1, -1], [5, 5], [9, 9]):
+        loss.update_multipliers(stats([1, 1]), stats(constraint), 1)
+    assert loss.rho.tolist() == [1.0, 1.0]
+
+
+@pytest.fixture
+def warnings_logged():
+    logger = MMLogger.get_current_instance()
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_non_finite_statistics_are_refused_with_a_warning(warnings_logged):
+    loss = CALSLoss(3, rho_interval=1)
+    loss.update_multipliers(stats([3, 3, 3]), stats([1, 1, 1]), 3)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    applied = loss.update_multipliers(stats([3, float('nan'), 3]), stats([9, 9, float('inf')]),
+                                      12, class_names=['road', 'sidewalk', 'building'])
+    assert not applied
+    for key, value in loss.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    message = warnings_logged[-1].getMessage()
+    assert "'sidewalk' (1)" in message and "'building' (2)" in message
+    assert '2 of 3 classes' in message and '12 pixels' in message
+
+
+def test_an_update_without_pixels_is_refused(warnings_logged):
+    loss = CALSLoss(2)
+    assert not loss.update_multipliers(stats([0, 0]), stats([0, 0]), 0)
+    assert int(loss.num_updates) == 0 and 'no pixels' in warnings_logged[-1].getMessage()
+
+
+def test_hook_arguments_are_checked():
+    with pytest.raises(ValueError, match="'test'"):
+        CALSHook(source='test')
+    with pytest.raises(ValueError, match='needs source="train"'):
+        CALSHook(interval=10)
+    with pytest.raises(ValueError, match='interval=0'):
+        CALSHook(source='train', interval=0)
+
+
+def test_hook_without_a_cals_loss_says_what_to_add():
+    runner = SimpleNamespace(model=torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))
+    with pytest.raises(RuntimeError, match='no CALSLoss'):
+        CALSHook().before_train(runner)
+
+
+def test_losses_are_found_in_each_head_with_its_ignore_index():
+    from mmseg.registry import MODELS
+    head = {'type': 'FCNHead', 'in_channels': 4, 'channels': 4, 'num_convs': 1,
+            'concat_input': False, 'num_classes': 3, 'norm_cfg': None}
+    model = torch.nn.Module()
+    model.decode_head = MODELS.build(dict(head, ignore_index=7, loss_decode=[
+        {'type': 'CrossEntropyLoss'}, {'type': 'CALSLoss', 'num_classes': 3}]))
+    model.auxiliary_head = MODELS.build(dict(head, loss_decode=[
+        {'type': 'CALSLoss', 'num_classes': 3},
+        {'type': 'CALSLoss', 'num_classes': 3, 'loss_name': 'loss_cals2'}]))
+    found = CALSHook.find_losses(model)
+    assert sorted(found) == ['auxiliary_head.loss_decode.0', 'auxiliary_head.loss_decode.1',
+                             'decode_head']
+    assert found['decode_head'][1] == 7 and found['auxiliary_head.loss_decode.0'][1] == 255
+    assert found['decode_head'][0] is model.decode_head.loss_decode[1]
+
+
+# Real training runs ---------------------------------------------------------------------------
+def train(work_dir, data_root, *options, config=TINY, extra=()):
+    result = run_tool('train.py', config, '--work-dir', work_dir, *extra, '--cfg-options',
+                      *cityscapes_options(data_root), *options, env=ENV)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def checkpoint_state(path):
+    return torch.load(path, map_location='cpu', weights_only=False)['state_dict']
+
+
+def scalars(work_dir):
+    (path,) = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+CALS_KEYS = ('lambda_', 'rho', 'prev_constraint', 'num_updates')
+
+
+def cals_buffers(state):
+    return {k: v for k, v in state.items() if 'loss_decode.1.' in k and k.endswith(CALS_KEYS)}
+
+
+@pytest.fixture(scope='module')
+def val_run(tiny_cityscapes, tmp_path_factory):
+    """The CALS Cityscapes config (shrunk): 4 iterations, validation and checkpoint every 2."""
+    work_dir = tmp_path_factory.mktemp('cals_val')
+    log = train(work_dir, tiny_cityscapes, *MOVING)
+    return work_dir, log
+
+
+def test_cityscapes_cals_config_trains_and_updates_at_each_validation(val_run):
+    work_dir, log = val_run
+    with open(work_dir / 'cals_history.json') as f:
+        history = json.load(f)
+    assert history['source'] == 'val' and history['classes'][:2] == ['road', 'sidewalk']
+    assert set(history['losses']) == set(HEADS)
+    for head in HEADS:
+        entries = history['losses'][head]
+        assert [(e['update'], e['iter']) for e in entries] == [(0, 0), (1, 2), (2, 4)]
+        assert entries[0]['lambda'] == [0.5] * 19 and entries[0]['rho'] == [1.0] * 19
+        # Two 64x128 validation images minus the ignored border rows.
+        assert entries[1]['pixels'] == entries[2]['pixels'] == 2 * 62 * 128
+        assert entries[2]['lambda'] != entries[1]['lambda'] != entries[0]['lambda']
+        assert max(entries[2]['rho']) > 1.0
+        # The checkpoint carries what the history says. mmengine writes iter_4.pth before the
+        # validation of iteration 4, so it holds the update made at iteration 2.
+        state = checkpoint_state(work_dir / 'iter_4.pth')
+        assert state[f'{head}.loss_decode.1.lambda_'].tolist() == entries[1]['lambda']
+        assert state[f'{head}.loss_decode.1.rho'].tolist() == entries[1]['rho']
+        assert int(state[f'{head}.loss_decode.1.num_updates']) == 1
+    assert log.count('CALS update from val statistics at iteration') == 2
+    with open(work_dir / 'cals_lambda.png', 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_multiplier_summaries_reach_the_visualizer_backends(val_run):
+    work_dir, _ = val_run
+    with open(work_dir / 'cals_history.json') as f:
+        history = json.load(f)
+    logged = [row for row in scalars(work_dir) if 'cals/decode_head/lambda_mean' in row]
+    assert [row['step'] for row in logged] == [2, 4]
+    for row, entry in zip(logged, history['losses']['decode_head'][1:]):
+        lam = torch.tensor(entry['lambda'], dtype=torch.float64)
+        rho = torch.tensor(entry['rho'], dtype=torch.float64)
+        assert row['cals/decode_head/lambda_mean'] == pytest.approx(lam.mean().item())
+        assert row['cals/decode_head/lambda_max'] == pytest.approx(lam.max().item())
+        assert row['cals/decode_head/rho_min'] == pytest.approx(rho.min().item())
+        assert 'cals/auxiliary_head/rho_mean' in row and 'mIoU' in row
+
+
+def test_resume_continues_with_bit_identical_multipliers_and_losses(val_run, tiny_cityscapes,
+                                                                     tmp_path):
+    work_dir, _ = val_run
+    log = train(tmp_path, tiny_cityscapes, *MOVING,
+                extra=('--resume', str(work_dir / 'iter_2.pth')))
+    # iter_2.pth was written before the validation of iteration 2: that update is redone.
+    assert 'saved before that validation' in log
+    uninterrupted = checkpoint_state(work_dir / 'iter_4.pth')
+    resumed = checkpoint_state(tmp_path / 'iter_4.pth')
+    assert len(cals_buffers(resumed)) == 8
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key
+    losses = {row['step']: row['loss'] for row in scalars(work_dir) if 'loss' in row}
+    again = {row['step']: row['loss'] for row in scalars(tmp_path) if 'loss' in row}
+    assert again.keys() == {3, 4} and all(again[step] == losses[step] for step in (3, 4))
+    with open(work_dir / 'cals_history.json') as a, open(tmp_path / 'cals_history.json') as b:
+        assert json.load(a) == json.load(b)
+
+
+def test_train_source_updates_every_interval_and_resumes_its_pending_sums(tiny_cityscapes,
+                                                                          tmp_path):
+    config = tmp_path / 'train_source.py'
+    config.write_text(f"_base_ = '{TINY}'\n"
+                      "custom_hooks = [dict(type='CALSHook', source='train', interval=3)]\n")
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    train(first, tiny_cityscapes, *MOVING, config=config)
+    with open(first / 'cals_history.json') as f:
+        entries = json.load(f)['losses']['decode_head']
+    # One update, at iteration 3, from the 3 training batches of 2 images before it.
+    assert [(e['update'], e['iter']) for e in entries] == [(0, 0), (1, 3)]
+    assert entries[1]['pixels'] == 3 * 2 * 62 * 128
+    logged = [row for row in scalars(first) if 'cals/decode_head/lambda_mean' in row]
+    assert logged and all(row['step'] >= 3 and 'loss' in row for row in logged)
+    # iter_2.pth holds the sums of iterations 1-2 that the update at 3 needs.
+    train(second, tiny_cityscapes, *MOVING, config=config,
+          extra=('--resume', str(first / 'iter_2.pth')))
+    a, b = checkpoint_state(first / 'iter_4.pth'), checkpoint_state(second / 'iter_4.pth')
+    for key, value in cals_buffers(a).items():
+        assert torch.equal(b[key], value), key
+
+
+# Distributed -----------------------------------------------------------------------------------
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+@pytest.mark.parametrize('source', ['val', 'train'])
+def test_two_ranks_hold_the_multipliers_of_one_process_over_both_shards(
+        source, tiny_cityscapes, tmp_path):
+    # A frozen model (learning rate 0; GroupNorm, no dropout): both runs see the same logits,
+    # however the data is split, so the multipliers must agree.
+    config = tmp_path / 'frozen.py'
+    config.write_text(f"_base_ = '{TINY}'\n"
+                      "custom_imports = dict(imports=['mmcals', 'rank_state_hook'])\n"
+                      f"custom_hooks = [dict(type='CALSHook', source='{source}'),\n"
+                      "                dict(type='RankStateDumpHook')]\n")
+    options = [*cityscapes_options(tiny_cityscapes), *MOVING, 'optim_wrapper.optimizer.lr=0',
+               'param_scheduler.0.eta_min=0', 'train_cfg.max_iters=2',
+               'default_hooks.checkpoint.interval=2']
+    env = dict(ENV, PYTHONPATH=osp.join(REPO, 'tests'))
+    # Two ranks with one image per batch see, together, the single process's batches of two.
+    ddp = run_tool('dist_train.sh', config, '2', '--work-dir', tmp_path / 'ddp',
+                   '--cfg-options', *options, 'train_dataloader.batch_size=1',
+                   env=dict(env, PORT=_free_port()))
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    single = run_tool('train.py', config, '--work-dir', tmp_path / 'single', '--cfg-options',
+                      *options, env=env)
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+
+    ranks = [cals_buffers(torch.load(tmp_path / 'ddp' / f'rank{r}_state.pth',
+                                     weights_only=True)) for r in (0, 1)]
+    one = cals_buffers(torch.load(tmp_path / 'single' / 'rank0_state.pth', weights_only=True))
+    assert len(one) == 8
+    for key, value in one.items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        assert torch.allclose(ranks[0][key].double(), value.double(), rtol=1e-6, atol=0), key
+    for head in HEADS:
+        assert (one[f'{head}.loss_decode.1.lambda_'] != 0.5).all()  # the update did something
+        assert int(one[f'{head}.loss_decode.1.num_updates']) == 1
+
+
+# Epoch-based loops -------------------------------------------------------------------------
+EPOCHS = """
+train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=2, val_interval=1)
+train_dataloader = dict(sampler=dict(_delete_=True, type='DefaultSampler', shuffle=False))
+default_hooks = dict(checkpoint=dict(by_epoch=True, interval=1))
+log_processor = dict(by_epoch=True)
+custom_hooks = [dict(type='CALSHook', source='{source}')]
+"""
+
+
+@pytest.mark.parametrize('source', ['val', 'train'])
+def test_epoch_based_updates_and_resume(source, tiny_cityscapes, tmp_path):
+    config = tmp_path / 'epochs.py'
+    config.write_text(f"_base_ = '{TINY}'\n" + EPOCHS.format(source=source))
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    train(first, tiny_cityscapes, *MOVING, config=config)
+    with open(first / 'cals_history.json') as f:
+        entries = json.load(f)['losses']['decode_head']
+    # One update per epoch (2 iterations of 2 images), after its validation or at its end.
+    assert [(e['update'], e['epoch'], e['iter']) for e in entries] == [
+        (0, 0, 0), (1, 1, 2), (2, 2, 4)]
+    pixels = 2 * 62 * 128 * (1 if source == 'val' else 2)
+    assert entries[1]['pixels'] == entries[2]['pixels'] == pixels
+    log = train(second, tiny_cityscapes, *MOVING, config=config,
+                extra=('--resume', str(first / 'epoch_1.pth')))
+    # The epoch-end update of source='train' happens before the checkpoint is written.
+    assert ('saved before that validation' in log) == (source == 'val')
+    a, b = checkpoint_state(first / 'epoch_2.pth'), checkpoint_state(second / 'epoch_2.pth')
+    for key, value in cals_buffers(a).items():
+        assert torch.equal(b[key], value), key
+    with open(second / 'cals_history.json') as f:
+        assert json.load(f)['losses']['decode_head'] == entries
