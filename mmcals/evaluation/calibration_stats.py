@@ -10,11 +10,13 @@ Conventions (cals.md §4):
 
 - ``p = softmax(z)``, confidence ``c = max_k p_k``, prediction ``argmax_k z_k`` (the first
   maximal logit on ties, as ``torch.argmax`` and mmseg's ``pred_sem_seg``).
-- Equal-width bins: bin ``b`` (1-based) holds ``c ∈ ((b-1)/B, b/B]``, ``c = 0`` in the first. The
-  index is computed as ``clamp(ceil(B·c), 1, B)`` in the dtype of the probabilities, so a
-  value within an ulp of an edge goes where its rounded product puts it. torchmetrics'
-  ``*CalibrationError`` instead bins ``[(b-1)/B, b/B)`` (``bucketize(right=True)``) plus an
-  extra bin for ``c = 1``: the two agree when no confidence equals a multiple of ``1/B``.
+- Equal-width bins: bin ``b`` (1-based) holds ``p ∈ ((b-1)/B, b/B]``, ``p = 0`` in the
+  first, for the confidence (ECE, MCE) as for each class's probability (CECE). The index is
+  ``clamp(ceil(B·p), 1, B)`` computed in the working dtype (``B·p`` as ``exp(z - z_max) ·
+  (B · (1 / Σ exp))``), so a value within an ulp or two of an edge goes where rounding puts
+  it. torchmetrics' ``*CalibrationError`` instead bins ``[(b-1)/B, b/B)``
+  (``bucketize(right=True)``) plus an extra bin for ``c = 1``: the two agree when no
+  confidence equals a multiple of ``1/B``.
 - aECE (equal-mass bins) is defined like ``np.array_split``: sort the valid pixels by
   confidence and cut the sequence into ``B`` runs whose sizes differ by at most one. Streaming
   it uses a fine histogram (see :func:`adaptive_ece`); the error bound is computed with it.
@@ -100,6 +102,11 @@ class CalibrationStats:
             logits' device and only the tables move. Default: 'cpu'.
         chunk_size (int, optional): Pixels per chunk; None picks about 4 MiB per float32
             temporary on CPU and 64 MiB elsewhere. Default: None.
+
+    On CPU, ``update`` shares the chunks of an image out to ``torch.get_num_threads()``
+    threads, each running its ops single-threaded (the global torch thread count is set to 1
+    meanwhile and restored after), so other torch work must not run concurrently in the
+    same process.
     """
 
     def __init__(self, num_classes: int, num_bins: int = 15, ignore_index: int = 255,
@@ -388,21 +395,24 @@ class _ImageSums:
         self._add('fine_correct', fine_split[FINE_BINS:])
         if self.top_label_only:
             return
-        prob.mul_(conf)
-        p_label = prob.gather(0, y[None])[0]
+        # B p for every class, in place of exp: its ceiling is the class-wise bin and the
+        # sums over it, divided by B, give those of p.
+        scaled = prob.mul_(conf * num_bins)
+        scaled_label = scaled.gather(0, y[None])[0]
         # Σ_k (p_k - [y=k])² = Σ_k p_k² - 2 p_y + 1
-        flat = prob.view(-1)
-        squares = torch.dot(flat, flat).to(torch.float64)
-        self._add('brier', squares - 2 * p_label.sum(dtype=torch.float64) + y.numel())
+        flat = scaled.view(-1)
+        squares = torch.dot(flat, flat).to(torch.float64) / num_bins ** 2
+        labelled = scaled_label.sum(dtype=torch.float64) / num_bins
+        self._add('brier', squares - 2 * labelled + y.numel())
         # Class k's bins are k*(B+1) + ceil(B p): index 0 of each row (p = 0 exactly) is folded
         # into bin 1 afterwards, which saves a clamp over the C x n probabilities.
         width = num_bins + 1
-        cls = (prob * num_bins).ceil_().add_(self.row_starts).to(torch.int32).view(-1)
+        cls = scaled.ceil().add_(self.row_starts).to(torch.int32).view(-1)
         size = num_classes * width
         self._add('cls_count', _fold_zero_bin(torch.bincount(cls, minlength=size), width))
-        self._add('cls_prob', _fold_zero_bin(torch.bincount(cls, weights=flat, minlength=size),
-                                             width))
-        hit = equal_width_bin(p_label, num_bins).to(torch.int64).add_(row_start)
+        prob_sums = torch.bincount(cls, weights=flat, minlength=size).to(torch.float64)
+        self._add('cls_prob', _fold_zero_bin(prob_sums / num_bins, width))
+        hit = scaled_label.ceil_().to(torch.int64).clamp_(min=1).add_(row_start)
         self._add('cls_hit', torch.bincount(hit, minlength=n_top))
 
     @staticmethod
@@ -456,8 +466,9 @@ def adaptive_ece(fine_count: np.ndarray, fine_conf: np.ndarray, fine_correct: np
     the fine bins, ties included). A piece of ``o`` pixels of a cut fine bin (``n`` pixels,
     ``k`` correct, confidence sum ``s``, confidences in ``[lo, hi]``) holds ``j`` correct
     ones, ``max(0, o-n+k) <= j <= min(o, k)``, so its ``Σ (a - c)`` lies in
-    ``[j_min - o·hi, j_max - o·lo]``, against ``o(k - s)/n`` streamed. Summing over the pieces
-    in bin ``b`` gives ``D_b - D̂_b = ε_b ∈ [L_b, U_b]``. With ``s_b = sign(D̂_b)``,
+    ``[j_min - o·hi, j_max - o·lo]`` (edges widened by 0.1% of the bin for rounding in the
+    binning), against ``o(k - s)/n`` streamed. Summing over the pieces in bin ``b`` gives
+    ``D_b - D̂_b = ε_b ∈ [L_b, U_b]``. With ``s_b = sign(D̂_b)``,
     ``|D̂_b + ε_b| - |D̂_b| = s_b ε_b + 2 max(0, -s_b (D̂_b + ε_b))`` and ``Σ_b ε_b = 0``:
 
         N |aECE_stream - aECE_exact| <= min_{σ=±1} 2 Σ_{b: s_b != σ} max(|L_b|, |U_b|)
@@ -468,6 +479,9 @@ def adaptive_ece(fine_count: np.ndarray, fine_conf: np.ndarray, fine_correct: np
     narrow in ``-log(1 - c)``, i.e. narrow exactly where segmentation confidences pile up.
     """
     lo, hi = fine_edges if fine_edges is not None else fine_bin_edges(len(fine_count))
+    # The bin of a confidence is computed in the working dtype: allow its rounding.
+    slack = 1e-3 * (hi - lo)
+    lo, hi = lo - slack, hi + slack
     keep = fine_count > 0
     n, s, k = fine_count[keep].astype(np.float64), fine_conf[keep], fine_correct[keep]
     lo, hi = lo[keep], hi[keep]

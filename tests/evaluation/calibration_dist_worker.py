@@ -20,9 +20,9 @@ import torch.distributed as dist
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from evaluation.calibration_reference import make_images  # noqa: E402
+from mmseg.registry import METRICS  # noqa: E402
 
 import mmcals  # noqa: E402,F401  (registers PixelCalibrationMetric)
-from mmseg.registry import METRICS  # noqa: E402
 
 NUM_CLASSES = 6
 SEED = 20

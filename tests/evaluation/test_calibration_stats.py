@@ -8,8 +8,13 @@ import torch
 from evaluation.calibration_reference import make_images, reference_metrics
 from torchmetrics.classification import MulticlassCalibrationError
 
-from mmcals.evaluation.calibration_stats import (FINE_BINS, CalibrationStats, adaptive_ece,
-                                                 fine_bin, fine_bin_edges)
+from mmcals.evaluation.calibration_stats import (
+    FINE_BINS,
+    CalibrationStats,
+    adaptive_ece,
+    fine_bin,
+    fine_bin_edges,
+)
 
 PERCENT_KEYS = ('ECE', 'MCE', 'aECE', 'CECE', 'NLL', 'Brier', 'mean_confidence',
                 'pixel_accuracy')

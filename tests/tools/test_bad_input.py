@@ -2,6 +2,7 @@
 import os.path as osp
 
 import pytest
+import torch
 from tooling import REPO, cityscapes_options, run_tool
 
 TINY = osp.join(REPO, 'tests', 'configs', 'deeplabv3_r18_tiny_cityscapes.py')
@@ -72,6 +73,14 @@ def test_pytorch_launcher_outside_torchrun(tiny_cityscapes, tmp_path):
     result = run_tool('train.py', TINY, '--launcher', 'pytorch', '--work-dir', tmp_path / 'wd',
                       '--cfg-options', *cityscapes_options(tiny_cityscapes), env=env)
     _one_line_error(result, '--launcher pytorch', 'RANK', 'dist_train.sh')
+    assert not osp.exists(tmp_path / 'wd')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='--amp is refused only without CUDA')
+def test_amp_without_cuda(tiny_cityscapes, tmp_path):
+    result = run_tool('train.py', TINY, '--amp', '--work-dir', tmp_path / 'wd', '--cfg-options',
+                      *cityscapes_options(tiny_cityscapes))
+    _one_line_error(result, '--amp needs a CUDA device')
     assert not osp.exists(tmp_path / 'wd')
 
 

@@ -7,7 +7,7 @@ from tooling import run_tool
 
 def test_demo_trains_both_and_writes_the_comparison(tmp_path):
     work_dir = tmp_path / 'demo'
-    result = run_tool('demo.py', '--work-dir', work_dir, '--iters', 4)
+    result = run_tool('demo.py', '--work-dir', work_dir, '--iters', 2)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for name in ('comparison.md', 'reliability_comparison.png', 'ce_reliability.png',
                  'cals_reliability.png', 'cals_lambda_per_class.png'):

@@ -1,5 +1,6 @@
 """tools/dist_train.sh with 2 processes: a GPU config runs on CPU (gloo, BN) and the ranks agree."""
 import glob
+import json
 import os.path as osp
 import socket
 
@@ -40,3 +41,18 @@ def test_two_process_training_exits_zero_with_identical_weights(tiny_cityscapes,
     assert 'Distributed launcher: pytorch' in text or 'distributed: True' in text
     if not torch.cuda.is_available():
         assert 'No CUDA device: adapted the config' in text
+
+    # dist_test.sh on the same checkpoint: 2 ranks report what one process reports.
+    scores = []
+    for launcher in ('dist', 'single'):
+        out = tmp_path / f'test_{launcher}'
+        args = ['test.py', TINY, tmp_path / 'iter_3.pth']
+        if launcher == 'dist':
+            args = ['dist_test.sh', TINY, tmp_path / 'iter_3.pth', '2']
+        result = run_tool(*args, '--work-dir', out, '--cfg-options',
+                          *cityscapes_options(tiny_cityscapes),
+                          env={'PORT': _free_port(), 'OMP_NUM_THREADS': '1'})
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        scores.append(json.load(open(glob.glob(str(out / '*' / '*.json'))[0])))
+    for key in ('mIoU', 'aAcc', 'ECE', 'NLL', 'CECE'):
+        assert abs(scores[0][key] - scores[1][key]) < 1e-3, key

@@ -15,7 +15,9 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmcals.evaluation.plots import (  # noqa: E402
-    save_confidence_histogram, save_reliability_diagram)
+    save_confidence_histogram,
+    save_reliability_diagram,
+)
 
 REQUIRED_KEYS = ('metrics', 'reliability', 'num_pixels')
 
