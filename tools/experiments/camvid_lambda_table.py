@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     runs = []
     for item in args.histories:
-        name, sep, path = item.partition('=')
+        name, sep, path = item.rpartition('=')  # a name may hold '=', a path rarely
         if not sep:
             raise SystemExit(f'error: {item!r} is not NAME=HISTORY')
         if not osp.isfile(path):

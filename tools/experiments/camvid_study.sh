@@ -3,8 +3,8 @@
 # scaling and CALS with the 'val' and the 'train' statistics source, one model, one schedule.
 #
 #   tools/experiments/camvid_study.sh            # from the repository root
-#   ITERS=400 SEEDS="0 1" OUT=work_dirs/camvid_study CAMVID_ROOT=../shared/data/camvid \
-#       tools/experiments/camvid_study.sh
+#   ITERS=360 SEEDS="0 1" OUT=work_dirs/camvid_study CAMVID_ROOT=../shared/data/camvid \
+#       EXTRA_MARGIN=5 tools/experiments/camvid_study.sh
 #
 # Split (nothing is fitted on CamVid val):
 #   training part     CamVid train without sequence 0006R0 (0001TP + 0016E5, 266 images)
@@ -17,12 +17,14 @@
 # CE and CALS-val run once per seed in SEEDS, the other methods with the first seed. A run whose
 # outputs exist is skipped, so an interrupted study continues where it stopped (remove OUT to
 # start over). Wall times go to $OUT/times.tsv; the table and the overlaid reliability curves
-# to $OUT/comparison/, CALS's final λ per class to $OUT/lambda_table.md.
+# to $OUT/comparison/ (one row per run: $OUT/comparison_runs/), CALS's final λ per class to
+# $OUT/lambda_table.md.
 set -euo pipefail
 
-ITERS=${ITERS:-400}
+ITERS=${ITERS:-360}
 SEEDS=${SEEDS:-"0 1"}
 UPDATES=${UPDATES:-4}                 # CALS multiplier updates per run
+EXTRA_MARGIN=${EXTRA_MARGIN:-}        # if set: one more CALS-val run (first seed), this margin
 OUT=${OUT:-work_dirs/camvid_study}
 export CAMVID_ROOT=${CAMVID_ROOT:-../shared/data/camvid}
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -105,6 +107,12 @@ for seed in $SEEDS; do
   train_and_test "cals_val_s$seed" configs/deeplabv3_r18_cals_camvid.py "$seed" "${VALIDATE[@]}"
 done
 
+if [ -n "$EXTRA_MARGIN" ]; then
+  train_and_test "cals_val_m${EXTRA_MARGIN}_s$FIRST_SEED" configs/deeplabv3_r18_cals_camvid.py \
+    "$FIRST_SEED" "${VALIDATE[@]}" "model.decode_head.loss_decode.1.margin=$EXTRA_MARGIN" \
+    "model.auxiliary_head.loss_decode.1.margin=$EXTRA_MARGIN"
+fi
+
 # The comparison: every method's runs under one name (mean ± half the range over seeds).
 dirs=() names=()
 add() { dirs+=("$1") names+=("$2"); }
@@ -116,12 +124,20 @@ add "$OUT/ecp_s$FIRST_SEED/test" ECP
 for seed in $SEEDS; do add "$OUT/ce_ts_s$seed" CE+TS; done
 for seed in $SEEDS; do add "$OUT/cals_val_s$seed/test" CALS-val; done
 add "$OUT/cals_train_s$FIRST_SEED/test" CALS-train
+[ -z "$EXTRA_MARGIN" ] || add "$OUT/cals_val_m${EXTRA_MARGIN}_s$FIRST_SEED/test" "CALS-val-m$EXTRA_MARGIN"
 "$PYTHON" tools/analysis/compare_calibration.py "${dirs[@]}" --names "${names[@]}" \
   --out-dir "$OUT/comparison"
+# The same runs one per row, to show what the seed spread is made of.
+run_names=()
+for d in "${dirs[@]}"; do n=${d#"$OUT"/}; run_names+=("${n%/test}"); done
+"$PYTHON" tools/analysis/compare_calibration.py "${dirs[@]}" --names "${run_names[@]}" \
+  --out-dir "$OUT/comparison_runs"
 
 histories=()
 for seed in $SEEDS; do histories+=("CALS-val s$seed=$OUT/cals_val_s$seed/train/cals_history.json"); done
 histories+=("CALS-train s$FIRST_SEED=$OUT/cals_train_s$FIRST_SEED/train/cals_history.json")
+[ -z "$EXTRA_MARGIN" ] || histories+=(
+  "CALS-val-m$EXTRA_MARGIN s$FIRST_SEED=$OUT/cals_val_m${EXTRA_MARGIN}_s$FIRST_SEED/train/cals_history.json")
 "$PYTHON" tools/experiments/camvid_lambda_table.py "${histories[@]}" \
   --camvid-root "$CAMVID_ROOT" --exclude-sequences "$CALIBRATION_SEQUENCE" \
   | tee "$OUT/lambda_table.md"
