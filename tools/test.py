@@ -47,6 +47,13 @@ def main():
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.tta:
+        evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [
+            cfg.test_evaluator]
+        if any(e.get('type') == 'PixelCalibrationMetric' for e in evaluators):
+            # mmseg's SegTTAModel merges the predictions but keeps one augmentation's logits.
+            raise cli.UsageError('--tta keeps only the last augmentation\'s seg_logits, so '
+                                 'PixelCalibrationMetric would not measure the merged '
+                                 'prediction: drop --tta, or the metric from test_evaluator')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model

@@ -68,6 +68,15 @@ def test_missing_checkpoint_for_testing(tiny_cityscapes, tmp_path):
     assert not osp.exists(tmp_path / 'wd')
 
 
+def test_tta_with_the_calibration_metric_is_refused(tiny_cityscapes, tmp_path):
+    checkpoint = tmp_path / 'any.pth'
+    checkpoint.write_bytes(b'never read: the check comes first')
+    result = run_tool('test.py', TINY, checkpoint, '--tta', '--work-dir', tmp_path / 'wd',
+                      '--cfg-options', *cityscapes_options(tiny_cityscapes))
+    _one_line_error(result, '--tta', 'PixelCalibrationMetric')
+    assert not osp.exists(tmp_path / 'wd')
+
+
 def test_pytorch_launcher_outside_torchrun(tiny_cityscapes, tmp_path):
     env = {name: None for name in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR')}
     result = run_tool('train.py', TINY, '--launcher', 'pytorch', '--work-dir', tmp_path / 'wd',
