@@ -31,12 +31,9 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-from mmcals.cli import UsageError, run_tool  # noqa: E402
-from mmcals.evaluation.plots import draw_reliability_curve  # noqa: E402
+from mmcals.cli import UsageError, run_tool
+from mmcals.evaluation.plots import draw_reliability_curve
 
 COLUMNS = ('mIoU', 'ECE', 'aECE', 'CECE', 'NLL', 'Brier')
 HIGHER_IS_BETTER = {'mIoU'}

@@ -12,9 +12,7 @@ import json
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-from mmcals.evaluation.plots import (  # noqa: E402
+from mmcals.evaluation.plots import (
     save_confidence_histogram,
     save_reliability_diagram,
 )

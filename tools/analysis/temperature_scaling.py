@@ -41,16 +41,14 @@ import os.path as osp
 import sys
 from collections.abc import Iterator
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import torch
+from mmengine.config import DictAction
+from torch import Tensor
 
-import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-import mmcals  # noqa: E402,F401  (registers modules, applies stack fixes)
-from mmcals import cli  # noqa: E402
-from mmcals.evaluation.calibration_stats import CalibrationStats  # noqa: E402
-from mmcals.evaluation.plots import save_reliability_diagram  # noqa: E402
+import mmcals  # noqa: F401  (registers modules, applies stack fixes)
+from mmcals import cli
+from mmcals.evaluation.calibration_stats import CalibrationStats
+from mmcals.evaluation.plots import save_reliability_diagram
 
 SPLITS = ('train', 'val', 'test')
 LOG_T_RANGE = (math.log(0.01), math.log(100.0))
