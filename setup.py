@@ -4,7 +4,9 @@ mmengine looks for a package's configs under ``<package>/.mim/configs`` and requ
 after ``::``; keeping the repo's own ``configs/`` folder there means downstream configs write
 the same path as in this repo: ``_base_ = 'mmcals::configs/deeplabv3_cals_cityscapes.py'``.
 A wheel gets a copy; an editable install gets a symlink to the checkout's ``configs/`` so
-edits show up at once. Everything else about the build is in pyproject.toml.
+edits show up at once. ``data_splits/`` goes next to it (``.mim/configs/data_splits``), where
+configs that read split lists through ``{{fileDirname}}/../../data_splits`` find it in a
+checkout and an installed package alike. Everything else about the build is in pyproject.toml.
 """
 import os
 import os.path as osp
@@ -20,11 +22,12 @@ def write_mim(package_dir: str, link: bool) -> None:
     mim = osp.join(package_dir, '.mim')
     shutil.rmtree(mim, ignore_errors=True)
     os.makedirs(osp.join(mim, 'configs'))
-    if link:
-        os.symlink(osp.join('..', '..', '..', 'configs'), osp.join(mim, 'configs', 'configs'))
-    else:
-        shutil.copytree(osp.join(HERE, 'configs'), osp.join(mim, 'configs', 'configs'),
-                        ignore=shutil.ignore_patterns('__pycache__'))
+    for folder in ('configs', 'data_splits'):
+        if link:
+            os.symlink(osp.join('..', '..', '..', folder), osp.join(mim, 'configs', folder))
+        else:
+            shutil.copytree(osp.join(HERE, folder), osp.join(mim, 'configs', folder),
+                            ignore=shutil.ignore_patterns('__pycache__'))
     # mmengine reads model-index.yml before falling back to .mim/configs/<path>.
     with open(osp.join(mim, 'model-index.yml'), 'w') as f:
         f.write('Import: []\n')

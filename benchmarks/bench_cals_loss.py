@@ -6,11 +6,16 @@
    and CE + a naive autograd penalty (classes-last view, amax, both branches via torch.where)
    for scale. Peak memory counts what each variant allocates on top of the logits, from
    CUDA's allocator on a GPU or torch's profiler on the CPU.
-2. The share CALSLoss adds to one whole DeepLabV3-R18-D8 training step (decode and auxiliary
+2. The cost of the statistics a ``CALSHook(source='train')`` gathers in the loss's forward
+   (the multiplier-update sums and the constraint diagnostics of docs/method.md §5): the same
+   forward+backward with statistics off and on, and their ratio.
+3. On the CPU, each CPU-specific path of mmcals/losses/_cals_kernel.py against the plain one
+   it replaces (winner by sign, fused PHR derivative, zero-copy backward).
+4. The share CALSLoss adds to one whole DeepLabV3-R18-D8 training step (decode and auxiliary
    heads, batch 2) at a small size.
 
-Targets (issue 3): CALS's own forward+backward <= 1.5x CE's; extra peak memory <= one
-logits-sized tensor; <= 5% added to a training step.
+Targets: CALS's own forward+backward <= 1.5x CE's; extra peak memory <= one logits-sized
+tensor; <= 5% added to a training step; statistics on within 10% of statistics off.
 
 Variants run in turn, round after round, and medians are reported, so that a load change on
 a shared machine hits all of them alike. Set OMP_NUM_THREADS to the cores you can use; on a
@@ -19,6 +24,7 @@ threads otherwise stall every parallel step, which hurts CALS's many chunk-sized
 more than CE's few large ones (measured here: 2.9 s instead of 0.10 s).
 """
 import argparse
+import dataclasses
 import functools
 import gc
 import os
@@ -33,7 +39,8 @@ import torch.nn.functional as F
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmcals  # noqa: F401  (registers CALSLoss, applies stack fixes)
-from mmcals.losses import CALSLoss
+from mmcals.losses import CALSLoss, _cals_kernel
+from mmcals.losses import cals as cals_module
 
 MIB = 1 << 20
 
@@ -153,6 +160,90 @@ def loss_benchmark(size, repeat, device):
           '(target <= 1); "L" = one logits-sized tensor')
 
 
+def make_inputs(size, device):
+    torch.manual_seed(0)
+    num, num_classes, height, width = size
+    logits = (torch.randn(size, device=device) * 4).requires_grad_()
+    labels = torch.randint(0, num_classes, (num, height, width), device=device)
+    labels[:, :16] = 255
+    return logits, labels
+
+
+def statistics_benchmark(size, repeat, device):
+    """Forward+backward with the training statistics off and on (CALSHook(source='train'))."""
+    logits, labels = make_inputs(size, device)
+    cals = CALSLoss(size[1]).to(device).train()
+    cals.lambda_.uniform_(0.01, 1.0)
+
+    def step(collect, with_ce):
+        def run():
+            cals.collect_train_statistics = collect
+            loss = cals(logits, labels)
+            if with_ce:
+                loss = loss + F.cross_entropy(logits, labels, ignore_index=255)
+            loss.backward()
+            cals.pop_train_statistics()
+        return run
+
+    steps = {'CALS, statistics off': step(False, False), 'CALS, statistics on': step(True, False),
+             'CE + CALS, statistics off': step(False, True),
+             'CE + CALS, statistics on': step(True, True)}
+
+    def reset():
+        logits.grad = None
+
+    times = interleaved_medians(steps, device, repeat, reset)
+    print(f'\nStatistics in the forward pass (update sums + diagnostics), logits {tuple(size)}, '
+          f'{device}, median of {repeat}:')
+    for name, seconds in times.items():
+        print(f'  {name:28s}{seconds:8.3f} s')
+    for what in ('CALS', 'CE + CALS'):
+        ratio = times[f'{what}, statistics on'] / times[f'{what}, statistics off']
+        print(f'  {what}: statistics on / off = {ratio:.3f} (target <= 1.10)')
+
+
+class _UnfusedCALSLoss(CALSLoss):
+    """PHR through the generic penalty path, for comparison with the fused CPU path."""
+
+    def _config(self, ignore_index):
+        return dataclasses.replace(super()._config(ignore_index), fused_phr=False)
+
+
+def cpu_paths_benchmark(size, repeat, device):
+    """Each CPU-specific path of the kernel against the generic code it replaces."""
+    logits, labels = make_inputs(size, device)
+    fused, unfused = CALSLoss(size[1]), _UnfusedCALSLoss(size[1])
+    for loss in (fused, unfused):
+        loss.lambda_.uniform_(0.01, 1.0, generator=torch.Generator().manual_seed(1))
+
+    def run(loss, sign_winner=True, zero_copy=True):
+        def step():
+            sign, copy = _cals_kernel._SIGN_WINNER_DEVICES, cals_module._ZERO_COPY_BACKWARD_DEVICES
+            _cals_kernel._SIGN_WINNER_DEVICES = ('cpu',) if sign_winner else ()
+            cals_module._ZERO_COPY_BACKWARD_DEVICES = ('cpu',) if zero_copy else ()
+            try:
+                loss(logits, labels).backward()
+            finally:
+                _cals_kernel._SIGN_WINNER_DEVICES = sign
+                cals_module._ZERO_COPY_BACKWARD_DEVICES = copy
+        return step
+
+    steps = {'all CPU paths (default)': run(fused),
+             'winner by torch.max index': run(fused, sign_winner=False),
+             'PHR via the generic penalty': run(unfused),
+             'backward copies the gradient': run(fused, zero_copy=False)}
+
+    def reset():
+        logits.grad = None
+
+    times = interleaved_medians(steps, device, repeat, reset)
+    base = times['all CPU paths (default)']
+    print(f'\nCPU paths of the kernel, CALS forward+backward on {tuple(size)}, median of '
+          f'{repeat}:')
+    for name, seconds in times.items():
+        print(f'  {name:32s}{seconds:8.3f} s{seconds / base:8.2f}x')
+
+
 def clock(record, sign, module, *args):
     """Forward (pre-)hook: a start time counts negative, an end time positive."""
     sync(next(iter(module.buffers())).device)
@@ -234,6 +325,9 @@ def main():
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
           f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}')
     loss_benchmark(args.size, args.repeat, device)
+    statistics_benchmark(args.size, args.repeat, device)
+    if device.type == 'cpu':
+        cpu_paths_benchmark(args.size, args.repeat, device)
     training_step_benchmark(args.step_size, args.repeat, device)
 
 

@@ -1,6 +1,6 @@
 # DeepLabV3-R50-D8 on Cityscapes with CALS (Liu et al., CVPR 2023): cross-entropy plus the
 # class-adaptive penalty on the decode and auxiliary heads; CALSHook learns one multiplier per
-# class from the validation outputs after every validation run (cals.md §3).
+# class from the validation outputs after every validation run (docs/method.md §3).
 _base_ = './deeplabv3_ce_cityscapes.py'
 num_classes = 19
 model = dict(

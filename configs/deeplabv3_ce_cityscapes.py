@@ -10,7 +10,7 @@ custom_imports = dict(imports=['mmcals'], allow_failed_imports=False)
 crop_size = (512, 1024)
 data_preprocessor = dict(size=crop_size)
 model = dict(data_preprocessor=data_preprocessor)
-# mIoU next to the pixel calibration metrics (cals.md §4); a list replaces mmseg's IoUMetric.
+# mIoU next to the pixel calibration metrics (docs/method.md §4); a list replaces mmseg's IoUMetric.
 val_evaluator = [
     dict(type='IoUMetric', iou_metrics=['mIoU']),
     dict(type='PixelCalibrationMetric'),

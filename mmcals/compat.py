@@ -1,23 +1,42 @@
-"""Fixes for the mmengine / mmcv / mmseg stack on current PyTorch.
+"""Fixes for the mmengine / mmcv / mmseg stack on current PyTorch (``docs/stack.md``).
 
-Each fix addresses one breakage measured in ``shared/docs/stack.md`` and is applied at most
-once by :func:`apply`, which ``import mmcals`` calls. Every fix logs at debug level what it
-changed, so ``--log-level DEBUG`` shows exactly what mmcals touched.
+Two fixes run when ``mmcals`` is imported, because importing mmcals' own modules needs them:
+:func:`install_mmcv_ext_stub` (adds the missing ``mmcv._ext`` module, only when mmcv has no
+compiled ops) and :func:`patch_editable_config_path` (lets ``mmcals::`` configs resolve from
+an editable install; other packages' lookups are unchanged). Nothing else of torch, mmengine
+or mmseg is touched at import.
+
+The rest is for mmcals' entry points: :func:`apply_runtime_fixes` (called by ``tools/*.py``,
+or once by a user's own script) and :func:`cuda_set_device_optional` (around building a
+runner for CPU DDP); safe checkpoint loading and atomic writes live in
+:mod:`mmcals.checkpoint` and :class:`mmcals.hooks.SafeCheckpointHook`. Every fix logs what it
+is logged at DEBUG level through mmengine's current logger by :func:`apply_runtime_fixes`
+(import-time ones included), so ``--log-level DEBUG`` shows it.
 """
+import contextlib
 import importlib.machinery
 import importlib.util
 import logging
-import os
 import os.path as osp
 import sys
 import types
 import warnings
 
 import torch
+from mmengine.logging import print_log
 
-logger = logging.getLogger(__name__)
+_applied: dict = {}  # fix name -> what it changed, in the order applied
 
-_applied: set = set()
+
+def _record(name: str, message: str) -> None:
+    # Logged by apply_runtime_fixes, once the entry point has set up its logger: logging
+    # here, at import, would create mmengine's default logger as a side effect.
+    _applied[name] = message
+
+
+def applied_fixes() -> dict:
+    """``{fix name: what it changed}`` for every fix in effect in this process."""
+    return dict(_applied)
 
 
 def _needs_compiled_ops(name: str):
@@ -33,7 +52,7 @@ def _needs_compiled_ops(name: str):
 
 
 def install_mmcv_ext_stub() -> bool:
-    """Register a stand-in ``mmcv._ext`` when mmcv has no compiled ops (stack.md item 1).
+    """Register a stand-in ``mmcv._ext`` when mmcv has no compiled ops (docs/stack.md, item 1).
 
     ``import mmseg.models`` imports ``mmcv.ops`` unconditionally; with mmcv-lite that import
     fails. The stand-in lets the import succeed and raises only when a compiled op is
@@ -51,61 +70,8 @@ def install_mmcv_ext_stub() -> bool:
     module.__spec__ = importlib.machinery.ModuleSpec('mmcv._ext', loader=None)
     module.__getattr__ = _needs_compiled_ops
     sys.modules['mmcv._ext'] = module
-    _applied.add('mmcv_ext')
-    logger.debug('mmcals.compat: mmcv has no compiled ops; registered a stand-in mmcv._ext '
-                 'that raises when a compiled op is called')
-    return True
-
-
-def load_from_trusted_local(filename: str, map_location=None):
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint {filename} does not exist')
-    # Full unpickling runs code stored in the file: only load checkpoints you trust.
-    return torch.load(filename, map_location=map_location, weights_only=False)
-
-
-def patch_checkpoint_loading() -> bool:
-    """Let mmengine load its own local checkpoints under torch >= 2.6 (stack.md item 2).
-
-    torch >= 2.6 defaults ``torch.load(weights_only=True)``, which rejects the Python objects
-    mmengine stores in checkpoints (message hub, history buffers). The local-file loader is
-    re-registered to unpickle fully. This runs code from the file: use it with trusted
-    checkpoints only. Returns whether the loader was replaced.
-    """
-    if 'checkpoint' in _applied:
-        return True
-    major, minor = (int(part) for part in torch.__version__.split('.')[:2])
-    if (major, minor) < (2, 6):
-        return False
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_trusted_local)
-    _applied.add('checkpoint')
-    logger.debug('mmcals.compat: local checkpoints are loaded with torch.load('
-                 'weights_only=False) (trusted checkpoints only)')
-    return True
-
-
-def patch_cuda_set_device() -> bool:
-    """Make ``torch.cuda.set_device`` a no-op on CPU-only builds (stack.md item 3).
-
-    mmengine's ``init_dist`` calls it unconditionally, which raises AttributeError on a CPU
-    build of torch. Returns whether the function was replaced.
-    """
-    if 'set_device' in _applied:
-        return True
-    if torch.cuda.is_available():
-        return False
-    original = torch.cuda.set_device
-
-    def set_device(device):
-        if torch.cuda.is_available():
-            return original(device)
-        logger.debug('mmcals.compat: ignored torch.cuda.set_device(%s): no CUDA device', device)
-
-    torch.cuda.set_device = set_device
-    _applied.add('set_device')
-    logger.debug('mmcals.compat: torch.cuda.set_device is a no-op without CUDA')
+    _record('mmcv_ext', 'mmcv has no compiled ops; registered a stand-in mmcv._ext that '
+            'raises when a compiled op is called')
     return True
 
 
@@ -133,39 +99,8 @@ def patch_editable_config_path() -> bool:
         return original(package)
 
     mmengine_config.get_installed_path = get_installed_path
-    _applied.add('editable')
-    logger.debug('mmcals.compat: mmcals:: configs resolve to %s/.mim/configs', package_dir)
-    return True
-
-
-def _save_checkpoint_atomically(original):
-
-    def save_checkpoint(checkpoint, filename, *args, **kwargs):
-        if '://' in str(filename):
-            return original(checkpoint, filename, *args, **kwargs)
-        partial = f'{filename}.partial'
-        try:
-            original(checkpoint, partial, *args, **kwargs)
-            os.replace(partial, filename)
-        finally:
-            if osp.exists(partial):
-                os.remove(partial)
-
-    return save_checkpoint
-
-
-def patch_atomic_checkpoint_save() -> bool:
-    """Write local checkpoints to a side file and rename, so no half-written one is left.
-
-    A run killed while mmengine writes ``iter_N.pth`` would otherwise leave a truncated file
-    that ``--resume`` picks up as the latest checkpoint. Returns whether saving was wrapped.
-    """
-    if 'atomic_save' in _applied:
-        return True
-    import mmengine.runner.runner as mmengine_runner
-    mmengine_runner.save_checkpoint = _save_checkpoint_atomically(mmengine_runner.save_checkpoint)
-    _applied.add('atomic_save')
-    logger.debug('mmcals.compat: checkpoints are written to <name>.partial, then renamed')
+    _record('editable', f'mmcals:: configs resolve to {package_dir}/.mim/configs '
+            '(editable install)')
     return True
 
 
@@ -173,7 +108,7 @@ def adapt_config_to_device(cfg) -> list:
     """Let a config written for GPUs (SyncBN, nccl) run on a machine without CUDA.
 
     Switches the distributed backend to gloo, SyncBN to BN (with mmengine's SyncBuffersHook to
-    keep the ranks' BN statistics equal), and DDP to ``device_ids=None`` (stack.md item 3).
+    keep the ranks' BN statistics equal), and DDP to ``device_ids=None`` (docs/stack.md, item 3).
     Changes ``cfg`` in place and returns a description of each change; with CUDA present it
     changes nothing.
     """
@@ -221,17 +156,50 @@ def _replace_sync_bn(node) -> int:
 
 def silence_pkg_resources_warning() -> None:
     """mmengine resolves ``mmseg::`` configs through ``pkg_resources`` (setuptools < 81 keeps
-    it, stack.md); its deprecation warning is printed once per process and says nothing a
+    it, docs/stack.md); its deprecation warning is printed once per process and says nothing a
     user can act on."""
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
                             category=UserWarning)
 
 
-def apply() -> None:
-    """Apply every fix that this environment needs; safe to call more than once."""
-    silence_pkg_resources_warning()
-    install_mmcv_ext_stub()
-    patch_checkpoint_loading()
-    patch_cuda_set_device()
-    patch_editable_config_path()
-    patch_atomic_checkpoint_save()
+@contextlib.contextmanager
+def cuda_set_device_optional():
+    """Within the block, ``torch.cuda.set_device`` is a no-op if torch has no CUDA.
+
+    mmengine's ``init_dist`` calls it unconditionally, which raises on a CPU build of torch
+    (docs/stack.md, item 3). The tools build their runner (which initialises the process
+    group) inside this block; the original function is back afterwards, and with CUDA nothing
+    changes.
+    """
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.cuda.set_device
+
+    def set_device(device):
+        print_log(f'mmcals.compat: ignored torch.cuda.set_device({device}): no CUDA device',
+                  logger='current', level=logging.DEBUG)
+
+    torch.cuda.set_device = set_device
+    try:
+        yield
+    finally:
+        torch.cuda.set_device = original
+
+
+def apply_runtime_fixes() -> dict:
+    """What mmcals' tools do before building a runner; call it once in your own script.
+
+    Silences the ``pkg_resources`` deprecation warning, then logs (DEBUG, through mmengine's
+    current logger) every fix in effect, the import-time ones included.
+
+    Returns:
+        dict: :func:`applied_fixes`.
+    """
+    if 'pkg_resources_warning' not in _applied:
+        silence_pkg_resources_warning()
+        _applied['pkg_resources_warning'] = ("the 'pkg_resources is deprecated' warning of "
+                                             'mmengine\'s mmseg:: config lookup is silenced')
+    for message in _applied.values():
+        print_log(f'mmcals.compat: {message}', logger='current', level=logging.DEBUG)
+    return applied_fixes()

@@ -21,15 +21,42 @@ def repo_root():
     return REPO
 
 
+# Where the real-data tests look for CamVid, in order. CI sets MMCALS_REQUIRE_REAL_DATA=1 so
+# that a missing copy fails the run instead of skipping those tests.
+CAMVID_HINT = ('get CamVid (SegNet 11-class version: train/, trainannot/, val/, valannot/, '
+               'train.txt, val.txt; see the README) and set CAMVID_ROOT, or put it in data/camvid')
+
+
+def camvid_candidates() -> list:
+    candidates = [os.environ.get('CAMVID_ROOT'), osp.join(REPO, 'data', 'camvid'),
+                  osp.join(osp.dirname(REPO), 'shared', 'data', 'camvid')]
+    return [c for c in candidates if c]
+
+
+def find_camvid():
+    """The first CamVid copy found (a folder with train.txt), or None."""
+    for root in camvid_candidates():
+        if osp.isfile(osp.join(root, 'train.txt')):
+            return root
+    return None
+
+
 @pytest.fixture(scope='session')
 def camvid_root():
-    root = osp.join(osp.dirname(REPO), 'shared', 'data', 'camvid')
-    if not osp.isdir(root):
-        pytest.fail(f'CamVid not found at {root}: tests expect ../shared/data/camvid beside '
-                    'the checkout')
+    """Real CamVid images for the tests that need them; skipped (or failed in CI) without."""
+    root = find_camvid()
+    if root is None:
+        message = (f'CamVid not found (looked in {", ".join(camvid_candidates())}): '
+                   f'{CAMVID_HINT}')
+        if os.environ.get('MMCALS_REQUIRE_REAL_DATA') == '1':
+            pytest.fail(message + ' [MMCALS_REQUIRE_REAL_DATA=1]')
+        pytest.skip(message)
     return root
 
 
 def pytest_configure(config):
-    os.environ.setdefault('OMP_NUM_THREADS', '2')
+    # Under pytest-xdist (make test: two workers) each worker and its subprocesses get one
+    # thread, so the two never oversubscribe the cores; a single process may use two.
+    workers = getattr(config.option, 'numprocesses', None)
+    os.environ.setdefault('OMP_NUM_THREADS', '1' if workers else '2')
 

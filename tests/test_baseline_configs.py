@@ -148,3 +148,10 @@ def test_cals_camvid_config_trains_when_cals_exists(repo_root, camvid_root, tmp_
     result = _run_train(repo_root, 'deeplabv3_r18_cals_camvid.py', tmp_path, camvid_root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert osp.isfile(tmp_path / 'iter_2.pth')
+
+
+def test_camvid_root_defaults_to_mmseg_convention(repo_root, monkeypatch):
+    monkeypatch.delenv('CAMVID_ROOT', raising=False)
+    cfg = _load(repo_root, 'deeplabv3_r18_ce_camvid.py')
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader]['dataset']['data_root'] == 'data/camvid'

@@ -1,22 +1,50 @@
-"""Each stack fix of mmcals.compat does what stack.md says, and only where needed."""
+"""mmcals.compat: each stack fix does what docs/stack.md says, only where it is asked for."""
 import importlib.util
-import logging
 import os.path as osp
 import pkgutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.logging import HistoryBuffer, MessageHub
+from mmengine.logging import MMLogger
 
 import mmcals
 from mmcals import compat
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def test_import_changes_nothing_outside_mmcals():
+    """In a fresh interpreter: mmengine's loader table, torch.cuda.set_device and mmengine's
+    save_checkpoint are the very objects they were before ``import mmcals``."""
+    probe = '''
+import torch, mmengine.runner.runner as runner_module
+from mmengine.runner.checkpoint import CheckpointLoader
+import mmengine.config.config as config_module
+before = (dict(CheckpointLoader._schemes), torch.cuda.set_device,
+          runner_module.save_checkpoint, torch.load, set(torch.serialization.get_safe_globals()))
+import mmcals, mmseg.models
+after = (dict(CheckpointLoader._schemes), torch.cuda.set_device,
+         runner_module.save_checkpoint, torch.load, set(torch.serialization.get_safe_globals()))
+assert before[0].keys() == after[0].keys(), 'loader prefixes changed'
+assert all(before[0][k] is after[0][k] for k in before[0]), 'a checkpoint loader was replaced'
+for name, old, new in zip(['set_device', 'save_checkpoint', 'torch.load'], before[1:4],
+                          after[1:4]):
+    assert old is new, name + ' was replaced'
+assert before[4] == after[4], 'torch safe globals changed'
+print('UNCHANGED')
+'''
+    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 0 and 'UNCHANGED' in result.stdout, result.stderr[-2000:]
 
 
 def test_mmseg_models_import_and_compiled_ops_fail_only_when_called():
     import mmcv.ops
     import mmseg.models  # noqa: F401  (failed on mmcv-lite before the stand-in)
-    stub_installed = 'mmcv_ext' in compat._applied
+    stub_installed = 'mmcv_ext' in compat.applied_fixes()
     real_ops = importlib.util.find_spec('mmcv._ext') is not None and not stub_installed
     if real_ops:
         pytest.skip('a compiled mmcv is installed: the stand-in is (correctly) not used')
@@ -27,73 +55,41 @@ def test_mmseg_models_import_and_compiled_ops_fail_only_when_called():
 
 
 def test_stand_in_is_not_installed_over_real_ops(monkeypatch):
-    monkeypatch.setattr(compat, '_applied', set())
+    monkeypatch.setattr(compat, '_applied', {})
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name: object())
     assert compat.install_mmcv_ext_stub() is False
 
 
-def test_mmengine_checkpoints_with_python_objects_load(tmp_path):
-    """torch >= 2.6 refuses these with weights_only=True; mmengine's loader must not."""
-    from mmengine.runner.checkpoint import _load_checkpoint
-    hub = MessageHub.get_instance('compat-test')
-    hub.update_scalar('train/loss', 1.5)
-    path = tmp_path / 'ckpt.pth'
-    torch.save({'state_dict': {'w': torch.ones(2)}, 'message_hub': hub.state_dict()}, path)
-    with pytest.raises(Exception, match='weights_only|Unsupported global'):
-        torch.load(path)  # what mmengine would do unpatched on this torch
-    loaded = _load_checkpoint(str(path), map_location='cpu')
-    assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
-    assert isinstance(loaded['message_hub']['log_scalars']['train/loss'], HistoryBuffer)
-    with pytest.raises(FileNotFoundError, match='does not exist'):
-        _load_checkpoint(str(tmp_path / 'missing.pth'), map_location='cpu')
+def test_set_device_is_optional_only_inside_the_block(monkeypatch):
+    original = torch.cuda.set_device
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with compat.cuda_set_device_optional():
+        assert torch.cuda.set_device is not original
+        torch.cuda.set_device(0)  # raises on a CPU build of torch outside the block
+    assert torch.cuda.set_device is original
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason='the no-op applies to CPU-only torch')
-def test_cuda_set_device_is_a_no_op_without_cuda(caplog):
-    with caplog.at_level(logging.DEBUG, logger='mmcals.compat'):
-        torch.cuda.set_device(0)
-    assert 'ignored torch.cuda.set_device(0)' in caplog.text
+def _logged(capsys, level, name):
+    logger = MMLogger.get_instance(name, logger_name=name, log_level=level)
+    compat.apply_runtime_fixes()
+    text = capsys.readouterr().out
+    logger.handlers.clear()
+    return text
 
 
-def test_fixes_log_once_at_debug_level(monkeypatch, caplog):
-    monkeypatch.setattr(compat, '_applied', set())
-    monkeypatch.setattr(torch.cuda, 'set_device', torch.cuda.set_device)
-    import mmengine.config.config as mmengine_config
-    import mmengine.runner.runner as mmengine_runner
-    from mmengine.runner.checkpoint import CheckpointLoader
-    monkeypatch.setattr(mmengine_config, 'get_installed_path', mmengine_config.get_installed_path)
-    monkeypatch.setattr(mmengine_runner, 'save_checkpoint', mmengine_runner.save_checkpoint)
-    monkeypatch.setattr(CheckpointLoader, '_schemes', dict(CheckpointLoader._schemes))
-    with caplog.at_level(logging.DEBUG, logger='mmcals.compat'):
-        compat.apply()
-        compat.apply()
-    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert len(messages) == len(set(messages)) and messages
-    assert any('weights_only=False' in m for m in messages)
-
-
-def test_checkpoint_save_leaves_no_partial_file_on_failure(tmp_path, monkeypatch):
-    import mmengine.runner.runner as mmengine_runner
-
-    def write_then_die(checkpoint, filename, *args, **kwargs):
-        with open(filename, 'wb') as f:
-            f.write(b'half a checkpoint')
-        raise OSError('disk full')
-
-    save = compat._save_checkpoint_atomically(write_then_die)
-    target = tmp_path / 'iter_8.pth'
-    with pytest.raises(OSError, match='disk full'):
-        save({}, str(target))
-    assert list(tmp_path.iterdir()) == []
-    # The real, wrapped save writes the final name only.
-    mmengine_runner.save_checkpoint({'x': torch.ones(1)}, str(target))
-    assert [p.name for p in tmp_path.iterdir()] == ['iter_8.pth']
+def test_runtime_fixes_log_each_fix_through_mmengine_at_debug(capsys):
+    debug = _logged(capsys, 'DEBUG', 'compat-debug')
+    lines = [line for line in debug.splitlines() if 'mmcals.compat:' in line]
+    assert len(lines) == len(compat.applied_fixes()) >= 1
+    assert any('pkg_resources' in line for line in lines)
+    if 'mmcv_ext' in compat.applied_fixes():
+        assert any('stand-in mmcv._ext' in line for line in lines)
+    assert 'mmcals.compat:' not in _logged(capsys, 'INFO', 'compat-info')
 
 
 def test_gpu_config_is_adapted_for_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
-    cfg = Config.fromfile(osp.join(repo, 'configs', 'deeplabv3_cals_cityscapes.py'))
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'deeplabv3_cals_cityscapes.py'))
     assert cfg.model.backbone.norm_cfg.type == 'SyncBN'
     changes = compat.adapt_config_to_device(cfg)
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'

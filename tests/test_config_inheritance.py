@@ -42,6 +42,8 @@ def test_wheel_ships_the_configs(installed_wheel):
     shipped = sorted(p.name for p in configs.glob('*.py'))
     in_repo = sorted(n for n in os.listdir(osp.join(REPO, 'configs')) if n.endswith('.py'))
     assert shipped == in_repo and 'deeplabv3_cals_cityscapes.py' in shipped
+    # The VOC configs read their split lists through {{fileDirname}}/../../data_splits.
+    assert (configs.parent / 'data_splits' / 'voc2012' / 'mytrain.txt').is_file()
 
 
 def test_script_that_imports_mmcals_resolves_the_installed_config(installed_wheel, tmp_path):

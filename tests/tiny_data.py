@@ -43,3 +43,26 @@ def make_cityscapes(root: str, num_train: int = 4, num_val: int = 2, height: int
             cv2.imwrite(osp.join(img_dir, f'{stem}_leftImg8bit.png'), image[..., ::-1])
             cv2.imwrite(osp.join(ann_dir, f'{stem}_gtFine_labelTrainIds.png'), label)
     return root
+
+
+def make_broken_cityscapes(root: str, damage: str) -> str:
+    """A 1-train / 1-val tiny set with one damaged file, for the bad-input tests.
+
+    ``damage``: ``'label_200'`` (the training label map holds 200), ``'empty_image'`` or
+    ``'truncated_image'`` (the validation image). Returns the damaged file's path.
+    """
+    make_cityscapes(root, num_train=1, num_val=1)
+    split = 'train' if damage == 'label_200' else 'val'
+    if damage == 'label_200':
+        path = osp.join(root, 'gtFine', split, 'tinycity', 'tinycity_000000_000019_gtFine_'
+                        'labelTrainIds.png')
+        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        label[10:20, 10:20] = 200
+        cv2.imwrite(path, label)
+        return path
+    path = osp.join(root, 'leftImg8bit', split, 'tinycity',
+                    'tinycity_000000_000019_leftImg8bit.png')
+    data = open(path, 'rb').read()
+    with open(path, 'wb') as f:
+        f.write(b'' if damage == 'empty_image' else data[:len(data) // 2])
+    return path

@@ -1,11 +1,15 @@
 """Evaluate a checkpoint with the config's test evaluators (mIoU and calibration metrics).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show] [--show-dir DIR]
+                         [--trust-checkpoint] [--allow-partial] [--log-level LEVEL]
                          [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm]
+
+The checkpoint is read without running code from it (``--trust-checkpoint`` allows that for
+a file you trust) and must fit the model exactly (``--allow-partial`` loads what fits).
 """
 import argparse
 
-import mmcals  # noqa: F401  (registers modules, applies stack fixes, enables mmcals::)
+import mmcals  # noqa: F401  (registers mmcals' modules, enables mmcals::)
 from mmcals import cli
 
 
@@ -38,10 +42,13 @@ def enable_visualization(cfg, args) -> None:
 
 def main():
     args = parse_args()
-    cli.check_launcher(args.launcher)
+    cli.setup_logging(args.log_level)
+    cli.check_launcher(args.launcher, script='test')
     cfg = cli.load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
+    cfg.log_level = args.log_level
     cfg.work_dir = cli.default_work_dir(cfg, args.config, args.work_dir)
+    trust = True if args.trust_checkpoint else None
     cli.check_checkpoint(args.checkpoint, 'checkpoint')
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
@@ -58,9 +65,15 @@ def main():
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
     cli.check_datasets(cfg, ['test_dataloader'])
+    preloaded = cli.preload_checkpoint(args.checkpoint, trust)
+    cli.check_model(cfg, preloaded, args.allow_partial)
+    cli.check_work_dir(cfg.work_dir)
+    cli.add_input_checks(cfg, ['test_dataloader'], labels=False)
 
-    runner = cli.build_runner(cfg)
-    runner.test()
+    with cli.leave_no_run(cfg.work_dir), cli.explain_failures(cfg):
+        runner = cli.build_runner(cfg, trust=trust, allow_partial=args.allow_partial,
+                                  preloaded=preloaded)
+        runner.test()
     cli.finish(distributed=args.launcher != 'none')
 
 

@@ -5,8 +5,9 @@
 # and trained on 128x128 crops, batch 4, 2000 iterations, validation on the 101 val images
 # (whole 240x180 images) every 500. No pretrained weights (none can be fetched offline).
 #
-# data_root is relative to the working directory (run the tools from the repository root) or
-# taken from the CAMVID_ROOT environment variable: CAMVID_ROOT=/data/camvid python tools/...
+# data_root is data/camvid (mmseg's convention), relative to the working directory (run the
+# tools from the repository root), or the CAMVID_ROOT environment variable when it is set:
+# CAMVID_ROOT=/data/camvid python tools/train.py ... (README: where CamVid comes from).
 # Unlabelled (11 on disk) is read as 255 by CamVidDataset, so losses, decode heads, metrics
 # and padding all keep mmseg's default ignore index 255.
 #
@@ -24,7 +25,7 @@ custom_imports = dict(imports=['mmcals'], allow_failed_imports=False)
 
 num_classes = 11
 dataset_type = 'CamVidDataset'
-data_root = '{{$CAMVID_ROOT:../shared/data/camvid}}'
+data_root = '{{$CAMVID_ROOT:data/camvid}}'
 image_scale = (240, 180)
 crop_size = (128, 128)
 
@@ -75,7 +76,7 @@ val_dataloader = dict(
 # The SegNet CamVid copy has no test split here; testing reuses val.
 test_dataloader = val_dataloader
 
-# mIoU next to the pixel calibration metrics (cals.md §4), for validation and test.
+# mIoU next to the pixel calibration metrics (docs/method.md §4), for validation and test.
 val_evaluator = [
     dict(type='IoUMetric', iou_metrics=['mIoU']),
     dict(type='PixelCalibrationMetric'),

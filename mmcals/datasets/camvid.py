@@ -110,24 +110,15 @@ class CamVidDataset(BaseSegDataset):
         return len(first.split()) == 2
 
     def _load_pairs(self) -> list[dict]:
-        root = self.data_root or ''
-        data_list = []
-        for line in mmengine.list_from_file(self.ann_file, backend_args=self.backend_args):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise ValueError(f'{self.ann_file}: line {line!r} is not an "image label" '
-                                 'pair like the other lines')
-            img_path, seg_map_path = (osp.join(root, part) for part in parts)
-            data_list.append({'img_path': img_path, 'seg_map_path': seg_map_path,
-                              'label_map': self.label_map,
-                              'reduce_zero_label': self.reduce_zero_label, 'seg_fields': []})
-        return data_list
+        return [{'img_path': img_path, 'seg_map_path': seg_map_path,
+                 'label_map': self.label_map, 'reduce_zero_label': self.reduce_zero_label,
+                 'seg_fields': []}
+                for img_path, seg_map_path in read_split_list(
+                    self.ann_file, self.data_root or '', self.backend_args)]
 
     def _select_sequences(self, data_list: list[dict]) -> list[dict]:
         def sequence(info):
-            return osp.basename(info['img_path']).split('_')[0]
+            return sequence_of(info['img_path'])
 
         kept = [info for info in data_list
                 if (self.sequences is None or sequence(info) in self.sequences)
@@ -139,6 +130,36 @@ class CamVidDataset(BaseSegDataset):
                              f'{self.exclude_sequences} leave no image of this split; its '
                              f'sequences are {found}')
         return kept
+
+
+def read_split_list(ann_file: str, data_root: str = '',
+                    backend_args: dict | None = None) -> list[tuple[str, str]]:
+    """The ``(image, label)`` paths of a CamVid split list (``train.txt``, ...).
+
+    Args:
+        ann_file (str): The list; each non-empty line is an ``image label`` pair of paths
+            relative to ``data_root``.
+        data_root (str): What the paths are relative to. Default: ''.
+        backend_args (dict, optional): mmengine file backend arguments. Default: None.
+
+    Raises:
+        ValueError: A line is not such a pair.
+    """
+    pairs = []
+    for line in mmengine.list_from_file(ann_file, backend_args=backend_args):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f'{ann_file}: line {line!r} is not an "image label" pair like '
+                             'the other lines')
+        pairs.append(tuple(osp.join(data_root, part) for part in parts))
+    return pairs
+
+
+def sequence_of(path: str) -> str:
+    """The driving-sequence id of a CamVid file: its name up to the first ``_``."""
+    return osp.basename(path).split('_')[0]
 
 
 def _sequence_ids(ids, name: str) -> list[str] | None:

@@ -1,15 +1,13 @@
 """``PixelCalibrationMetric``: dataset-level pixel calibration next to mmseg's IoUMetric.
 
-Computes ECE, MCE, aECE, CECE, NLL and Brier score (cals.md §4; Liu et al., "Class Adaptive
+Computes ECE, MCE, aECE, CECE, NLL and Brier score (docs/method.md §4; Liu et al., "Class Adaptive
 Network Calibration", CVPR 2023) over every valid pixel of the evaluated dataset, logs them
 with a per-class table, returns them to mmengine (logged next to mIoU) and writes
 ``calibration.json``, a reliability diagram and a confidence histogram.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import os.path as osp
 from collections.abc import Sequence
 from typing import Optional, Union
@@ -22,14 +20,12 @@ from mmseg.registry import METRICS
 from prettytable import PrettyTable
 
 from .calibration_stats import CalibrationStats
-
-METRIC_KEYS = ('ECE', 'MCE', 'aECE', 'CECE', 'NLL', 'Brier', 'mean_confidence',
-               'pixel_accuracy')
+from .results import CLASS_WISE_KEYS, METRIC_KEYS, save_calibration
 
 
 @METRICS.register_module()
 class PixelCalibrationMetric(BaseMetric):
-    """Pixel calibration metrics over a whole dataset (cals.md §4), in percent.
+    """Pixel calibration metrics over a whole dataset (docs/method.md §4), in percent.
 
     Use next to IoUMetric::
 
@@ -40,8 +36,9 @@ class PixelCalibrationMetric(BaseMetric):
     size, also in slide inference) are reduced on their device to fixed-size tables
     (:class:`CalibrationStats`). Each rank keeps one running total, plus its latest image apart
     because that one may be the sampler's padding (a repeat that mmengine drops by position);
-    the per-rank totals are merged through mmengine's ``collect_results``. Memory therefore
-    does not grow with the dataset, and 1 or N processes give the same numbers.
+    the per-rank totals are merged through mmengine's ``collect_results``. Both live in
+    ``self.results`` (mmengine's ``BaseMetric`` contract), so memory does not grow with the
+    dataset, and 1 or N processes give the same numbers.
 
     Returned keys (mmengine logs them next to mIoU): ``ECE``, ``MCE``, ``aECE``, ``CECE``,
     ``NLL``, ``Brier``, ``mean_confidence``, ``pixel_accuracy`` (``CECE`` and ``Brier`` not with
@@ -90,11 +87,6 @@ class PixelCalibrationMetric(BaseMetric):
         self.out_dir = out_dir
         self.chunk_size = chunk_size
         self._said_no_files = False
-        self._reset_stream()
-
-    def _reset_stream(self) -> None:
-        self._running: Optional[CalibrationStats] = None
-        self._latest: Optional[CalibrationStats] = None
         self._num_samples = 0
 
     def _new_stats(self, num_classes: int) -> CalibrationStats:
@@ -112,7 +104,13 @@ class PixelCalibrationMetric(BaseMetric):
         return list(names)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        """Reduce each sample's ``seg_logits`` and ``gt_sem_seg`` to calibration tables."""
+        """Reduce each sample's ``seg_logits`` and ``gt_sem_seg`` to calibration tables.
+
+        Afterwards ``self.results`` holds what :meth:`compute_metrics` needs, in fixed memory:
+        ``[running total, latest image]`` (two :class:`CalibrationStats`), so both mmengine's
+        ``evaluate(size)`` and ``compute_metrics(metric.results)`` (the pattern of mmseg's
+        metric tests, no padding to drop) give the numbers of the processed images.
+        """
         for sample in data_samples:
             if isinstance(sample, BaseDataElement):
                 sample = sample.to_dict()
@@ -127,15 +125,16 @@ class PixelCalibrationMetric(BaseMetric):
                                'the test pipeline must load annotations (LoadAnnotations)')
             logits = sample['seg_logits']['data']
             labels = sample['gt_sem_seg']['data']
-            if self._running is None:
+            if not self.results:
                 # Fail at the first image, not after the whole dataset, on bad class settings.
                 self._class_indices(self._class_names(logits.shape[0]))
-                self._running = self._new_stats(logits.shape[0])
-            stats = self._running.empty_like()
+                self.results.append(self._new_stats(logits.shape[0]))
+                self._num_samples = 0
+            stats = self.results[0].empty_like()
             stats.update(logits, labels)
-            if self._latest is not None:
-                self._running += self._latest
-            self._latest = stats
+            if len(self.results) == 2:
+                self.results[0] += self.results.pop()
+            self.results.append(stats)
             self._num_samples += 1
 
     def evaluate(self, size: int) -> dict:
@@ -143,20 +142,22 @@ class PixelCalibrationMetric(BaseMetric):
 
         mmengine's samplers give rank ``r`` the samples at positions ``r, r + W, ...`` and pad
         the last row with repeats; ``collect_results`` keeps positions ``< size``. Only this
-        rank's latest sample can be such padding, which is why it is kept apart.
+        rank's latest sample can be such padding, which is why ``process`` keeps it apart
+        (``results[1]``) from the running total (``results[0]``): here it is merged into the
+        total or dropped, and each rank hands ``collect_results`` its one total.
         """
         rank, world_size = get_dist_info()
-        total = self._running
-        if self._latest is not None:
+        if len(self.results) == 2:
             if (self._num_samples - 2) * world_size + rank >= size:
+                self.results.clear()
                 raise ValueError(
                     f'rank {rank} processed {self._num_samples} samples but evaluate(size='
                     f'{size}) with {world_size} process(es) allows at most one padded sample '
                     'per rank: size must be the length of the evaluated dataset')
+            latest = self.results.pop()
             if (self._num_samples - 1) * world_size + rank < size:
-                total += self._latest
-        self.results = [] if total is None else [total]
-        self._reset_stream()
+                self.results[0] += latest
+        self._num_samples = 0
         return super().evaluate(size)
 
     def compute_metrics(self, results: list) -> dict:
@@ -180,7 +181,7 @@ class PixelCalibrationMetric(BaseMetric):
                       else summary['metrics'][key]) for key in self._metric_keys()}
 
     def _metric_keys(self) -> tuple:
-        skipped = ('CECE', 'Brier') if self.top_label_only else ()
+        skipped = CLASS_WISE_KEYS if self.top_label_only else ()
         return tuple(key for key in METRIC_KEYS if key not in skipped)
 
     def _class_indices(self, names: list) -> Optional[list]:
@@ -219,11 +220,8 @@ class PixelCalibrationMetric(BaseMetric):
             return
         from .plots import save_confidence_histogram, save_reliability_diagram
 
-        os.makedirs(out_dir, exist_ok=True)
-        with open(osp.join(out_dir, 'calibration.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
-        with open(osp.join(out_dir, 'calibration_history.jsonl'), 'a') as f:
-            f.write(json.dumps(summary) + '\n')
+        save_calibration(summary, osp.join(out_dir, 'calibration.json'),
+                         history=osp.join(out_dir, 'calibration_history.jsonl'))
         save_reliability_diagram(summary, osp.join(out_dir, 'reliability_diagram.png'))
         save_confidence_histogram(summary, osp.join(out_dir, 'confidence_histogram.png'))
         print_log(f'PixelCalibrationMetric: wrote calibration.json and diagrams to {out_dir}',

@@ -1,40 +1,36 @@
 """Class Adaptive Label Smoothing (CALS): the class-adaptive penalty on logit distances.
 
 Liu, Rony, Galdran, Dolz, Ben Ayed, "Class Adaptive Network Calibration", CVPR 2023
-(arXiv 2211.15088). The maths is restated in ``shared/docs/cals.md``; the section each piece
+(arXiv 2211.15088); the maths is restated in ``docs/method.md``, and the section each piece
 implements is named in its docstring.
 
-The loss value and its gradient are computed together, in one pass over the logits, by a custom
-autograd function using the closed-form gradient of cals.md §2. The pass runs over chunks of
-pixels so that its float32 temporaries stay small (and in cache); only the gradient, one
-logits-sized float32 tensor, is kept for the backward pass. Computing in float32 also under
-AMP keeps fp16/bf16 logits from overflowing the cubic ``p2`` term.
-
-λ and ρ are buffers updated by :class:`mmcals.hooks.CALSHook` through
-:meth:`CALSLoss.update_multipliers`, never by the optimiser.
+- :func:`phr`, :func:`p2`, :func:`p3`: the penalties of §2 and their derivatives;
+- :func:`cals_penalty`: the loss term in plain autograd torch, *the* definition (§1-§2);
+- :class:`CALSLoss`: the module configs use. It computes :func:`cals_penalty` and its
+  gradient with the fused kernel of :mod:`mmcals.losses._cals_kernel` (one pass, one
+  logits-sized tensor kept for backward), holds λ and ρ as buffers and applies the multiplier
+  update of §3 that :class:`mmcals.hooks.CALSHook` calls; the statistics of that update and
+  the diagnostics of §5 travel as :class:`~mmcals.losses.constraint_stats.ConstraintStats`.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from mmengine.logging import print_log
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-# Pixels per chunk = elements // num_classes. On the CPU 4 MiB per float32 temporary keeps the
-# elementwise steps of a chunk in cache while each step is still large enough for its threads
-# (benchmarks/bench_cals_loss.py); accelerators want fewer, larger launches.
-_CHUNK_ELEMENTS = {'cpu': 1 << 20}
-_CHUNK_ELEMENTS_DEFAULT = 1 << 22
-# Devices where the winner is read off the exact zeros of z_a - z (see _add_to_winner).
-_SIGN_WINNER_DEVICES = ('cpu',)
+from ._cals_kernel import KernelConfig, constraint_statistics, loss_and_gradient
+from .constraint_stats import ConstraintStats
+
+# CPU path: devices where backward hands over the saved gradient without a copy.
+_ZERO_COPY_BACKWARD_DEVICES = ('cpu',)
 
 
 def phr(h: Tensor, lam: Tensor, rho: Tensor, value: bool = True):
-    """Powell–Hestenes–Rockafellar penalty (cals.md §2): returns ``(P or None, P')``.
+    """Powell–Hestenes–Rockafellar penalty (docs/method.md §2): returns ``(P or None, P')``.
 
     With ``x = λ + ρh``: ``P = (x² - λ²) / (2ρ)``, ``P' = x`` for ``x >= 0``;
     ``P = -λ² / (2ρ)``, ``P' = 0`` otherwise. Both branches are ``P = (max(x, 0)² - λ²) / (2ρ)``.
@@ -46,7 +42,7 @@ def phr(h: Tensor, lam: Tensor, rho: Tensor, value: bool = True):
 
 
 def p2(h: Tensor, lam: Tensor, rho: Tensor, value: bool = True):
-    """The ``p2`` penalty (cals.md §2): returns ``(P or None, P')``.
+    """The ``p2`` penalty (docs/method.md §2): returns ``(P or None, P')``.
 
     ``h >= 0``: ``P = λh + λρh² + ρ²h³/6``, ``P' = λ + 2λρh + ρ²h²/2``;
     ``h < 0``: ``P = λh / (1 - ρh)``, ``P' = λ / (1 - ρh)²``.
@@ -63,7 +59,7 @@ def p2(h: Tensor, lam: Tensor, rho: Tensor, value: bool = True):
 
 
 def p3(h: Tensor, lam: Tensor, rho: Tensor, value: bool = True):
-    """The ``p3`` penalty (cals.md §2): returns ``(P or None, P')``.
+    """The ``p3`` penalty (docs/method.md §2): returns ``(P or None, P')``.
 
     ``h >= 0``: ``P = λh + λρh²``, ``P' = λ + 2λρh``; ``h < 0``: as :func:`p2`.
     """
@@ -79,148 +75,78 @@ def p3(h: Tensor, lam: Tensor, rho: Tensor, value: bool = True):
 PENALTIES: dict[str, Callable] = {'phr': phr, 'p2': p2, 'p3': p3}
 
 
-@dataclass(frozen=True)
-class _PassConfig:
-    penalty: Callable
-    margin: float
-    normalize: bool
-    ignore_index: int
-    penalise_ignored: bool
-    lambda_min: float
-    lambda_max: float
+def cals_penalty(logits: Tensor, labels: Tensor, lam: Tensor, rho: Tensor,
+                 margin: float = 10.0, normalize: bool = True, penalty: str = 'phr',
+                 ignore_index: int = 255, loss_weight: float = 1.0,
+                 weight: Tensor | None = None, penalise_ignored: bool = False) -> Tensor:
+    """The CALS loss term, defined in plain autograd torch (docs/method.md §1-§2).
 
+    This is the definition: :class:`CALSLoss` computes the same value and gradient with the
+    fused, chunked kernel of :mod:`mmcals.losses._cals_kernel`, and the tests hold the two
+    together. Use this one to read, check or change the maths; it takes several times the
+    kernel's time and memory.
 
-def _add_to_winner(grad: Tensor, amount: Tensor, distance: Tensor, logits: Tensor) -> None:
-    """``grad[a] += amount`` at each pixel's winner ``a``, the first maximum as torch.max picks.
+    Args:
+        logits (Tensor): (N, C, H, W) logits ``z``.
+        labels (Tensor): (N, H, W) labels.
+        lam (Tensor): (C,) multipliers λ.
+        rho (Tensor): (C,) penalty parameters ρ.
+        margin (float): Margin ``m``. Default: 10.
+        normalize (bool): ``h = (d - m) / m`` (True) or ``h = d - m``. Default: True.
+        penalty (str): ``'phr'``, ``'p2'`` or ``'p3'``. Default: ``'phr'``.
+        ignore_index (int): Label of pixels that are not penalised. Default: 255.
+        loss_weight (float): Weight of the term. Default: 1.0.
+        weight (Tensor, optional): (N, H, W) per-pixel weights of the terms (not of the
+            denominator).
+        penalise_ignored (bool): Penalise ignored pixels too. Default: False.
 
-    On the CPU torch's index-returning reductions cost several times the rest of the pass, so
-    the winner is read off ``distance = z_a - z``, which is exactly 0 at the maxima:
-    ``1 - sign(distance)`` is the one-hot winner unless a pixel has tied maxima; chunks with
-    ties take torch.max's index. ``distance`` is overwritten.
+    Returns:
+        Tensor: ``loss_weight · Σ_i w_i Σ_k P(h_ik; λ_k, ρ_k) / (N_valid · C)``.
     """
-    if logits.device.type in _SIGN_WINNER_DEVICES:
-        not_winner = distance.sign_()
-        ties = not_winner.sum(0) < distance.shape[0] - 1
-        if not bool(ties.any()):
-            grad.addcmul_(not_winner.sub_(1), amount, value=-1)
-            return
-    grad.scatter_add_(0, logits.max(0).indices[None], amount[None])
+    z = logits.permute(0, 2, 3, 1)  # classes last
+    winner = z.argmax(-1, keepdim=True)  # the first maximum: the well-defined choice for ties
+    distance = z.gather(-1, winner) - z  # d_k = z_a - z_k >= 0
+    h = (distance - margin) / margin if normalize else distance - margin
+    lam = lam.to(z.dtype)
+    rho = rho.to(z.dtype)
+    if penalty == 'phr':
+        x = lam + rho * h
+        value = torch.where(x >= 0, (x * x - lam * lam) / (2 * rho), -lam * lam / (2 * rho))
+    else:
+        negative = lam * h / (1 - rho * h.clamp(max=0))  # clamp: keeps the unused branch finite
+        positive = lam * h + lam * rho * h ** 2
+        if penalty == 'p2':
+            positive = positive + rho ** 2 * h ** 3 / 6
+        value = torch.where(h >= 0, positive, negative)
+    valid = torch.ones_like(labels, dtype=torch.bool) if penalise_ignored else (
+        labels != ignore_index)
+    pixel = valid.to(z.dtype) if weight is None else valid.to(z.dtype) * weight
+    total = (value.sum(-1) * pixel).sum()
+    return loss_weight * total / (valid.sum().clamp_min(1) * z.shape[-1])
 
 
-def _penalty_pass(*args, **kwargs):
-    """:func:`_chunked_pass` with autocast off: under AMP it would run the products in fp16."""
-    with torch.autocast(device_type=args[1].device.type, enabled=False):
-        return _chunked_pass(*args, **kwargs)
-
-
-def _chunked_pass(cfg: _PassConfig, logits: Tensor, target: Tensor, pixel_weight: Tensor,
-                  lam: Tensor, rho: Tensor, grad_scale: Tensor | None, want_loss: bool,
-                  want_stats: bool, mask_ignored: bool = False):
-    """One chunked pass over ``logits`` (N, C, P) computing what is asked for (cals.md §1-§3).
-
-    Returns ``(penalty_sum, grad, stats)``:
-
-    - ``penalty_sum``: (C,) float64 Σ over pixels of ``pixel_weight · P(h_k)`` (or None);
-    - ``grad``: ``∂(grad_scale · Σ pixel_weight · P) / ∂logits`` in the compute dtype, when
-      ``grad_scale`` is given: ``-g_k`` for the non-winners and ``Σ_{k≠a} g_k`` for the
-      winner (cals.md §2);
-    - ``stats``: float64 ``(Σ clamp(P', λ_min, λ_max), Σ h, count)`` per class over the
-      penalised pixels whose logits are all finite (or None).
-
-    ``mask_ignored`` keeps non-finite logits of ignored pixels out of the sums; the caller
-    asks for it only when an unmasked pass came out non-finite, which is rare.
-    """
-    num, num_classes, num_pixels = logits.shape
-    dtype, device = lam.dtype, logits.device
-    chunk = max(1, _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS_DEFAULT) // num_classes)
-    inv_margin = 1.0 / cfg.margin if cfg.normalize else 1.0
-    offset = 1.0 if cfg.normalize else cfg.margin  # h = d·inv_margin - offset, d = z_a - z
-    lam_c, rho_c = lam[:, None], rho[:, None]
-    fused_phr = cfg.penalty is phr
-    if fused_phr:  # x = λ + ρh = (λ - ρ·offset) + (ρ·inv_margin)·d
-        phr_const, phr_slope = lam_c - rho_c * offset, rho_c * inv_margin
-
-    # Chunk workspaces, reused: fresh allocations would cost page faults on every chunk.
-    distance_buf = torch.empty((num_classes, chunk), dtype=dtype, device=device)
-    work_buf = torch.empty((num_classes, chunk), dtype=dtype, device=device)
-    penalty_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
-    weight_sum = torch.zeros((), dtype=torch.float64, device=device)
-    grad = None
-    if grad_scale is not None:
-        grad = torch.empty((num, num_classes, num_pixels), dtype=dtype, device=device)
-        neg_scale = (grad_scale * -inv_margin).to(dtype)  # dh_k/dz_k = -inv_margin, k != a
-    stats = None
-    if want_stats:
-        stats = (torch.zeros(num_classes, dtype=torch.float64, device=device),
-                 torch.zeros(num_classes, dtype=torch.float64, device=device),
-                 torch.zeros((), dtype=torch.float64, device=device))
-
-    for n in range(num):
-        for start in range(0, num_pixels, chunk):
-            stop = min(start + chunk, num_pixels)
-            z = logits[n, :, start:stop]
-            weight = pixel_weight[n, start:stop]
-            # In the compute dtype: an fp16 difference could round or overflow.
-            distance = torch.sub(z.amax(0).to(dtype), z, out=distance_buf[:, :stop - start])
-            penalised = None
-            if not cfg.penalise_ignored:
-                penalised = target[n, start:stop] != cfg.ignore_index
-                if mask_ignored:
-                    distance.masked_fill_(~penalised, 1.0)
-            work = work_buf[:, :stop - start]
-            if fused_phr:
-                value, derivative = None, torch.addcmul(phr_const, phr_slope, distance,
-                                                        out=work).clamp_min_(0)
-            else:
-                h = torch.mul(distance, inv_margin, out=work).sub_(offset)
-                value, derivative = cfg.penalty(h, lam_c, rho_c, value=want_loss)
-            if want_stats:
-                finite = torch.isfinite(distance.sum(0))
-                counted = finite if penalised is None else finite & penalised
-                clamped = derivative.clamp(cfg.lambda_min, cfg.lambda_max)
-                stats[0].add_(torch.where(counted, clamped, 0).sum(1, dtype=torch.float64))
-                distance_sum = torch.where(counted, distance, 0).sum(1, dtype=torch.float64)
-                count = counted.sum()
-                stats[1].add_(distance_sum * inv_margin - offset * count)
-                stats[2].add_(count)
-            if grad is not None:
-                grad_chunk = torch.mul(derivative, weight * neg_scale,
-                                       out=grad[n, :, start:stop])
-                # The winner's term is constant (d_a = 0); dL/dz_a = Σ_{k≠a} g_k = -Σ_k
-                # grad_k when every k, the winner included, first gets grad_k = -g_k.
-                _add_to_winner(grad_chunk, grad_chunk.sum(0).neg_(), distance, z)
-            if want_loss:
-                if fused_phr:  # Σ w·P = (Σ w·x² - λ²·Σ w) / (2ρ) for P = (x² - λ²) / (2ρ)
-                    penalty_sum += derivative.square_() @ weight
-                    weight_sum += weight.sum(dtype=torch.float64)
-                else:
-                    penalty_sum += value @ weight
-    if not want_loss:
-        return None, grad, stats
-    if fused_phr:
-        lam64, rho64 = lam.to(torch.float64), rho.to(torch.float64)
-        penalty_sum = (penalty_sum - lam64 * lam64 * weight_sum) / (2 * rho64)
-    return penalty_sum, grad, stats
-
-
-class _CALSPenalty(torch.autograd.Function):
-    """Loss value in forward, closed-form gradient (cals.md §2) saved for backward."""
+class _CALSFunction(torch.autograd.Function):
+    """Loss value in forward, closed-form gradient (docs/method.md §2) saved for backward."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, cfg: _PassConfig, target: Tensor, pixel_weight: Tensor,
+    def forward(ctx, logits: Tensor, cfg: KernelConfig, target: Tensor, pixel_weight: Tensor,
                 lam: Tensor, rho: Tensor, scale: Tensor, stats_sink: list | None):
         want_grad = ctx.needs_input_grad[0]
-        args = (cfg, logits, target, pixel_weight, lam, rho, scale if want_grad else None)
-        want_stats = stats_sink is not None
-        penalty_sum, grad, stats = _penalty_pass(*args, want_loss=True, want_stats=want_stats)
-        total = penalty_sum.sum()
+        grad_scale = scale if want_grad else None
+
+        def run(mask_ignored: bool):
+            stats = None if stats_sink is None else ConstraintStats.zeros(
+                lam.shape[0], logits.device)
+            penalty_sum, grad = loss_and_gradient(cfg, logits, target, pixel_weight, lam, rho,
+                                                  grad_scale, stats, mask_ignored)
+            return penalty_sum.sum(), grad, stats
+
+        total, grad, stats = run(False)
         if not cfg.penalise_ignored and not bool(torch.isfinite(total)):
             # Non-finite logits (fp16 overflow under AMP): only valid pixels may carry them
             # into the loss, as with cross-entropy; redo the pass keeping ignored ones out.
-            penalty_sum, grad, stats = _penalty_pass(*args, want_loss=True,
-                                                     want_stats=want_stats, mask_ignored=True)
-            total = penalty_sum.sum()
-        if want_stats:
+            total, grad, stats = run(True)
+        if stats_sink is not None:
             stats_sink.append(stats)
         ctx.input_dtype = logits.dtype
         if want_grad:
@@ -230,10 +156,13 @@ class _CALSPenalty(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (grad,) = ctx.saved_tensors
-        if grad.dtype == ctx.input_dtype and grad.device.type == 'cpu' and bool(
-                grad_output == 1):
-            # The usual case without AMP (the loss is summed into the total): hand over the
-            # saved gradient instead of a logits-sized copy (autograd never writes into it).
+        if (grad.device.type in _ZERO_COPY_BACKWARD_DEVICES and grad.dtype == ctx.input_dtype
+                and bool(grad_output == 1)):
+            # CPU path: the usual case without AMP (the loss is summed into the total). Hand
+            # over the saved gradient instead of a logits-sized copy (autograd never writes
+            # into it). On the CPU the copy makes the CALS forward+backward take 1.51x the
+            # time (benchmarks/bench_cals_loss.py, "CPU paths": 0.57 s against 0.38 s); on
+            # accelerators the copy is cheap and the check's sync would cost more.
             grad_logits = grad
         else:
             grad_logits = torch.empty_like(grad, dtype=ctx.input_dtype)
@@ -243,7 +172,7 @@ class _CALSPenalty(torch.autograd.Function):
 
 @MODELS.register_module()
 class CALSLoss(nn.Module):
-    """Class Adaptive Label Smoothing penalty (Liu et al., CVPR 2023; ``shared/docs/cals.md``).
+    """Class Adaptive Label Smoothing penalty (Liu et al., CVPR 2023; docs/method.md).
 
     Goes into a decode head's ``loss_decode`` list next to ``CrossEntropyLoss``. For each
     valid pixel with logits ``z`` (already resized to the label size by the head), winner
@@ -328,7 +257,7 @@ class CALSLoss(nn.Module):
         self.rho_interval = int(rho_interval)
         self.penalise_ignored = bool(penalise_ignored)
         self._loss_name = loss_name
-        # float64 state: the multipliers are means over millions of pixels (cals.md §3).
+        # float64 state: the multipliers are means over millions of pixels (docs/method.md §3).
         self.register_buffer('lambda_', torch.full((num_classes,), float(lambda_init),
                                                    dtype=torch.float64))
         self.register_buffer('rho', torch.full((num_classes,), float(rho_init),
@@ -339,7 +268,7 @@ class CALSLoss(nn.Module):
         self.collect_train_statistics = False
         # Rank-local sums since the last pop_train_statistics(); not buffers, because DDP
         # broadcasts buffers from rank 0 at every forward and would erase the other ranks' sums.
-        self._train_stats: tuple | None = None
+        self._train_stats: ConstraintStats | None = None
 
     @property
     def loss_name(self) -> str:
@@ -350,10 +279,10 @@ class CALSLoss(nn.Module):
                 f'normalize={self.normalize}, penalty={self.penalty!r}, '
                 f'loss_weight={self.loss_weight}, penalise_ignored={self.penalise_ignored}')
 
-    def _config(self, ignore_index: int) -> _PassConfig:
-        return _PassConfig(PENALTIES[self.penalty], self.margin, self.normalize,
-                           int(ignore_index), self.penalise_ignored, self.lambda_min,
-                           self.lambda_max)
+    def _config(self, ignore_index: int) -> KernelConfig:
+        return KernelConfig(PENALTIES[self.penalty], self.margin, self.normalize,
+                            int(ignore_index), self.penalise_ignored, self.lambda_min,
+                            self.lambda_max, fused_phr=self.penalty == 'phr')
 
     def _check_inputs(self, logits: Tensor, target: Tensor) -> None:
         if logits.dim() != 4:
@@ -379,7 +308,7 @@ class CALSLoss(nn.Module):
                 weight: Tensor | None = None,
                 ignore_index: int = 255,
                 **kwargs) -> Tensor:
-        """CALS penalty of cals.md §2.
+        """The CALS penalty of docs/method.md §2: the value of :func:`cals_penalty`.
 
         Args:
             pred (Tensor): Logits (N, C, H, W), any floating dtype; computed in float32 (or
@@ -409,7 +338,7 @@ class CALSLoss(nn.Module):
         count = penalised.sum().clamp_min(1).to(dtype)
         scale = self.loss_weight / (count * num_classes)
         sink = [] if (self.collect_train_statistics and self.training) else None
-        loss = _CALSPenalty.apply(
+        loss = _CALSFunction.apply(
             pred.reshape(num, num_classes, -1), self._config(ignore_index), target,
             pixel_weight, self.lambda_.to(dtype), self.rho.to(dtype), scale, sink)
         if sink:
@@ -418,8 +347,11 @@ class CALSLoss(nn.Module):
 
     @torch.no_grad()
     def constraint_statistics(self, logits: Tensor, labels: Tensor,
-                              ignore_index: int = 255) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-class sums for the multiplier update of cals.md §3, with the current λ and ρ.
+                              ignore_index: int = 255) -> ConstraintStats:
+        """Statistics for the multiplier update (docs/method.md §3) and the diagnostics (§5).
+
+        Computed with the current λ and ρ over the pixels the loss penalises whose logits are
+        all finite.
 
         Args:
             logits (Tensor): (N, C, H, W) or (C, H, W).
@@ -427,9 +359,7 @@ class CALSLoss(nn.Module):
             ignore_index (int): Label of pixels left out (unless ``penalise_ignored``).
 
         Returns:
-            tuple: float64 ``(Σ clamp(P'(h_k), λ_min, λ_max), Σ h_k, pixel count)`` over the
-            pixels the loss penalises whose logits are all finite; the first two have shape
-            (C,), the count is a scalar.
+            ConstraintStats: float64 sums, on the device of ``logits``.
         """
         if logits.dim() == 3:
             logits = logits[None]
@@ -437,71 +367,58 @@ class CALSLoss(nn.Module):
         self._check_inputs(logits, labels)
         dtype = self._compute_dtype(logits)
         num, num_classes = logits.shape[:2]
-        labels = labels.reshape(num, -1)
-        _, _, stats = _penalty_pass(
-            self._config(ignore_index), logits.reshape(num, num_classes, -1), labels,
-            torch.ones_like(labels, dtype=dtype), self.lambda_.to(dtype), self.rho.to(dtype),
-            None, want_loss=False, want_stats=True)
-        return stats
+        return constraint_statistics(
+            self._config(ignore_index), logits.reshape(num, num_classes, -1),
+            labels.reshape(num, -1), self.lambda_.to(dtype), self.rho.to(dtype))
 
-    def _add_train_statistics(self, stats: tuple) -> None:
-        if self._train_stats is None:
-            self._train_stats = tuple(s.detach().clone() for s in stats)
-        else:
-            for total, part in zip(self._train_stats, stats):
-                total.add_(part)
+    def _add_train_statistics(self, stats: ConstraintStats) -> None:
+        self._train_stats = stats if self._train_stats is None else self._train_stats + stats
 
-    def pop_train_statistics(self) -> tuple[Tensor, Tensor, Tensor]:
+    def pop_train_statistics(self) -> ConstraintStats:
         """Return and reset the statistics gathered by training forwards since the last call.
 
-        Same layout as :meth:`constraint_statistics`; zeros if nothing was gathered.
+        Same content as :meth:`constraint_statistics`; zeros if nothing was gathered.
         """
         stats = self._train_stats
         self._train_stats = None
         if stats is None:
-            device = self.lambda_.device
-            zeros = torch.zeros(self.num_classes, dtype=torch.float64, device=device)
-            stats = (zeros, zeros.clone(), torch.zeros((), dtype=torch.float64, device=device))
+            stats = ConstraintStats.zeros(self.num_classes, self.lambda_.device)
         return stats
 
     @torch.no_grad()
-    def update_multipliers(self, sum_derivative: Tensor, sum_constraint: Tensor,
-                           count, class_names: Sequence[str] | None = None) -> bool:
-        """Apply the multiplier and penalty-parameter update of cals.md §3.
+    def update_multipliers(self, stats: ConstraintStats,
+                           class_names: Sequence[str] | None = None) -> bool:
+        """Apply the multiplier and penalty-parameter update of docs/method.md §3.
 
-        ``λ ← clamp(G, λ_min, λ_max)`` with ``G = sum_derivative / count``; every
+        ``λ ← clamp(G, λ_min, λ_max)`` with ``(G, H) = stats.means()``; every
         ``rho_interval`` updates ``ρ_k ← min(γρ_k, ρ_max)`` where
-        ``H_k > τ · max(H_prev_k, 0)``, ``H = sum_constraint / count``; ``H_prev ← H``.
-        The first update has no ``H_prev`` and never grows ρ.
+        ``H_k > τ · max(H_prev_k, 0)``; ``H_prev ← H``. The first update has no ``H_prev``
+        and never grows ρ. Classes whose λ reaches ``λ_max`` in this update are named in a
+        warning: the rule follows the statistics of one update, so one exploding batch can
+        pin λ at the bound.
 
         Args:
-            sum_derivative (Tensor): (C,) sums of ``clamp(P', λ_min, λ_max)`` over the pixels.
-            sum_constraint (Tensor): (C,) sums of ``h``.
-            count (Tensor | int): Number of pixels summed (already reduced across ranks).
+            stats (ConstraintStats): Statistics of all the pixels of this update (already
+                reduced across ranks).
             class_names (Sequence[str], optional): For warnings.
 
         Returns:
             bool: False, leaving λ, ρ and ``H_prev`` unchanged with a warning, when there are
             no pixels or a statistic is not finite.
         """
-        sum_derivative = torch.as_tensor(sum_derivative, dtype=torch.float64)
-        sum_constraint = torch.as_tensor(sum_constraint, dtype=torch.float64)
-        count = float(count)
-        if sum_derivative.shape != (self.num_classes,) or sum_constraint.shape != (
-                self.num_classes,):
-            raise ValueError(f'update_multipliers expects ({self.num_classes},) sums, got '
-                             f'{tuple(sum_derivative.shape)} and {tuple(sum_constraint.shape)}')
+        if stats.num_classes != self.num_classes:
+            raise ValueError(f'update_multipliers expects statistics of {self.num_classes} '
+                             f'classes, got {stats.num_classes}')
+        count = float(stats.count)
         if not count > 0:
             print_log(f'CALS: no pixels were gathered (count={count:g}); λ and ρ keep their '
                       'values', logger='current', level=logging.WARNING)
             return False
-        mean_derivative = sum_derivative / count
-        mean_constraint = sum_constraint / count
+        mean_derivative, mean_constraint = stats.means()
         bad = ~(torch.isfinite(mean_derivative) & torch.isfinite(mean_constraint))
         if bool(bad.any()):
-            indices = bad.nonzero().flatten().tolist()
-            names = [f'{class_names[i]!r} ({i})' if class_names else str(i) for i in indices]
-            print_log(f'CALS: non-finite statistics for {len(indices)} of {self.num_classes} '
+            names = self._names(bad, class_names)
+            print_log(f'CALS: non-finite statistics for {len(names)} of {self.num_classes} '
                       f'classes ({", ".join(names)}) over {count:.0f} pixels; λ and ρ keep '
                       'their values', logger='current', level=logging.WARNING)
             return False
@@ -513,7 +430,23 @@ class CALSLoss(nn.Module):
             grow = mean_constraint > self.rho_tau * self.prev_constraint.clamp_min(0)
             self.rho.copy_(torch.where(grow, (self.rho * self.rho_gamma).clamp_max(
                 self.rho_max), self.rho))
+        previous = self.lambda_.clone()
         self.lambda_.copy_(mean_derivative.clamp(self.lambda_min, self.lambda_max))
         self.prev_constraint.copy_(mean_constraint)
         self.num_updates.fill_(updates)
+        pinned = (self.lambda_ >= self.lambda_max) & (previous < self.lambda_max)
+        if bool(pinned.any()):
+            names = self._names(pinned, class_names)
+            before = ', '.join(f'{float(v):.3g}' for v in previous[pinned])
+            print_log(f'CALS: λ jumped to lambda_max={self.lambda_max:g} in one update for '
+                      f'{len(names)} of {self.num_classes} classes ({", ".join(names)}; λ '
+                      f'was {before}) over {count:.0f} pixels: one update follows its '
+                      'statistics whole, so a single exploding batch can pin λ at the bound '
+                      '(see docs/method.md §3)', logger='current', level=logging.WARNING)
         return True
+
+    @staticmethod
+    def _names(mask: Tensor, class_names: Sequence[str] | None) -> list[str]:
+        indices = mask.nonzero().flatten().tolist()
+        return [f'{class_names[i]!r} ({i})' if class_names and i < len(class_names) else str(i)
+                for i in indices]

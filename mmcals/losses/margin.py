@@ -12,7 +12,7 @@ from .utils import PixelLoss, log_probs
 
 @MODELS.register_module()
 class MarginLoss(PixelLoss):
-    """Margin-based label smoothing (MbLS), the closest baseline of CALS (cals.md §1).
+    """Margin-based label smoothing (MbLS), the closest baseline of CALS (docs/method.md §1).
 
     For a pixel with logits ``z ∈ R^C`` and label ``y``, with logit distances
     ``d_k = max_j z_j - z_k``:

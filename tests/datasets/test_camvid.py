@@ -1,4 +1,4 @@
-"""CamVidDataset on a few images of the real data in ../shared/data/camvid."""
+"""CamVidDataset on a few images of the real CamVid data (found by the camvid_root fixture)."""
 import os.path as osp
 
 import cv2

@@ -55,7 +55,7 @@ def main():
         json.dump(metrics, f)
     dist.barrier()
     dist.destroy_process_group()
-    # CPU gloo runs can abort at interpreter exit after all work is done (stack.md item 4).
+    # CPU gloo runs can abort at interpreter exit after all work is done (docs/stack.md).
     sys.stdout.flush()
     os._exit(0)
 

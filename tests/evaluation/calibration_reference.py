@@ -1,4 +1,4 @@
-"""Brute-force float64 numpy reference of the pixel calibration metrics (cals.md §4), and
+"""Brute-force float64 numpy reference of the pixel calibration metrics (docs/method.md §4), and
 the segmentation-like test images the calibration tests share.
 
 Written independently of mmcals.evaluation: explicit loops over bins and classes, the exact

@@ -202,3 +202,29 @@ def test_two_gloo_processes_give_the_single_process_results(tmp_path):
     assert two['num_pixels'] == one['num_pixels']
     assert two['reliability']['count'] == one['reliability']['count']
     assert [r['pixels'] for r in two['per_class']] == [r['pixels'] for r in one['per_class']]
+
+
+def test_process_then_compute_metrics_follows_the_base_metric_contract(tmp_path):
+    """mmseg's metric tests call ``compute_metrics(metric.results)`` after ``process``: the
+    results must hold the processed images, in memory that does not grow with their number,
+    and give what ``evaluate(size)`` gives."""
+    images = make_images(39, num_images=5)
+    direct = build(out_dir=str(tmp_path / 'direct'))
+    for start in range(0, 5, 2):
+        direct.process({}, as_samples(images[start:start + 2]))
+        assert len(direct.results) == 2  # running total + latest image, whatever the count
+    assert sum(stats.num_pixels for stats in direct.results) == sum(
+        int((y != 255).sum()) for _, y in images)
+    got = direct.compute_metrics(direct.results)
+    via_evaluate = build(out_dir=str(tmp_path / 'evaluate'))
+    via_evaluate.process({}, as_samples(images))
+    expected = via_evaluate.evaluate(5)
+    assert via_evaluate.results == []  # mmengine clears them after evaluating
+    ref = reference_percent(images)
+    bound = json.loads((tmp_path / 'direct' / 'calibration.json').read_text())[
+        'aECE_error_bound']
+    assert got.keys() == expected.keys() == ref.keys()
+    for key in got:
+        # Same tables merged in the same order, so the same float64 sums.
+        assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12), key
+        assert got[key] == pytest.approx(ref[key], abs=bound if key == 'aECE' else 1e-9), key

@@ -1,6 +1,5 @@
 """The calibration metric through tools/test.py, and tools/analysis/reliability_diagram.py."""
 import glob
-import importlib.util
 import json
 import os.path as osp
 import re
@@ -12,6 +11,7 @@ import torch
 from matplotlib.figure import Figure
 from tooling import REPO, cityscapes_options, run_tool
 
+from mmcals.evaluation import reliability_diagram
 from mmcals.evaluation.plots import draw_reliability_curve
 
 TINY = osp.join(REPO, 'tests', 'configs', 'deeplabv3_r18_tiny_cityscapes.py')
@@ -86,20 +86,17 @@ def test_reliability_diagram_tool_redraws_from_json_and_history(tested, tmp_path
         assert image is not None and image.shape == (500, 500, 3) and image.std() > 0
     history = tmp_path / 'calibration_history.jsonl'
     history.write_text(open(osp.join(osp.dirname(saved), 'calibration_history.jsonl')).read())
-    assert _load_tool().main([str(history), '--index', '0']) == 0
+    assert _tool().main([str(history), '--index', '0']) == 0
     assert cv2.imread(str(tmp_path / 'calibration_history_reliability.png')) is not None
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'reliability_diagram_tool', osp.join(REPO, 'tools', 'analysis', 'reliability_diagram.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _tool():
+    """The tool's logic (and ``main``), as its script imports it."""
+    return reliability_diagram
 
 
 def test_reliability_diagram_tool_rejects_bad_input(tmp_path, capsys):
-    tool = _load_tool()
+    tool = _tool()
     assert tool.main([str(tmp_path / 'missing.json')]) == 2
     assert 'does not exist' in capsys.readouterr().err
     other = tmp_path / 'other.json'

@@ -1,20 +1,25 @@
-"""CALSLoss against hand computation and a plain autograd implementation of cals.md §1-§2."""
+"""CALSLoss and its fast kernel against hand computation and the plain definition of
+docs/method.md §1-§2 (mmcals.losses.cals.cals_penalty)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import mmcals  # noqa: F401  (registers the modules)
 from mmcals.losses import CALSLoss
-from mmcals.losses import cals as cals_module
+from mmcals.losses import _cals_kernel as kernel_module
 from mmcals.losses.cals import PENALTIES, p2, p3, phr
+from mmcals.losses.cals import cals_penalty as reference_loss
+from mmcals.losses.constraint_stats import ConstraintStats
+from mmcals.losses.logit_gaps import GAP_BIN_WIDTH, gap_histogram
 
 NAMES = ('phr', 'p2', 'p3')
 
 
-# An independent statement of cals.md §2 in Python floats -----------------------------------
+# An independent statement of docs/method.md §2 in Python floats -----------------------------------
 def hand_penalty(name, h, lam, rho):
-    """(P, P') of one scalar, branch by branch as cals.md §2 writes them."""
+    """(P, P') of one scalar, branch by branch as docs/method.md §2 writes them."""
     if name == 'phr':
         x = lam + rho * h
         if x >= 0:
@@ -26,31 +31,6 @@ def hand_penalty(name, h, lam, rho):
         return (lam * h + lam * rho * h ** 2 + rho ** 2 * h ** 3 / 6,
                 lam + 2 * lam * rho * h + rho ** 2 * h ** 2 / 2)
     return lam * h + lam * rho * h ** 2, lam + 2 * lam * rho * h
-
-
-def reference_loss(logits, labels, lam, rho, margin=10.0, normalize=True, penalty='phr',
-                   ignore_index=255, loss_weight=1.0, weight=None, penalise_ignored=False):
-    """Plain autograd CALS (cals.md §1-§2): classes-last view, argmax winner, torch.where."""
-    z = logits.permute(0, 2, 3, 1)
-    winner = z.argmax(-1, keepdim=True)  # the first maximum: the well-defined choice for ties
-    distance = z.gather(-1, winner) - z
-    h = (distance - margin) / margin if normalize else distance - margin
-    lam = lam.to(z.dtype)
-    rho = rho.to(z.dtype)
-    if penalty == 'phr':
-        x = lam + rho * h
-        value = torch.where(x >= 0, (x * x - lam * lam) / (2 * rho), -lam * lam / (2 * rho))
-    else:
-        negative = lam * h / (1 - rho * h.clamp(max=0))  # clamp: keeps the unused branch finite
-        positive = lam * h + lam * rho * h ** 2
-        if penalty == 'p2':
-            positive = positive + rho ** 2 * h ** 3 / 6
-        value = torch.where(h >= 0, positive, negative)
-    valid = torch.ones_like(labels, dtype=torch.bool) if penalise_ignored else (
-        labels != ignore_index)
-    pixel = valid.to(z.dtype) if weight is None else valid.to(z.dtype) * weight
-    total = (value.sum(-1) * pixel).sum()
-    return loss_weight * total / (valid.sum().clamp_min(1) * z.shape[-1])
 
 
 def make_loss(num_classes=5, penalty='phr', seed=0, **kwargs):
@@ -117,7 +97,7 @@ def test_penalties_are_continuous_at_the_branch_points():
 @pytest.fixture(params=[1 << 30, 64], ids=['one-chunk', 'many-chunks'])
 def chunking(request, monkeypatch):
     """Run the pass as one chunk, or as many chunks of 12 pixels with a partial last one."""
-    monkeypatch.setitem(cals_module._CHUNK_ELEMENTS, 'cpu', request.param)
+    monkeypatch.setitem(kernel_module._CHUNK_ELEMENTS, 'cpu', request.param)
     return request.param
 
 
@@ -166,7 +146,7 @@ def test_penalising_ignored_pixels_counts_them(chunking):
 @pytest.mark.parametrize('index_path', [False, True], ids=['sign-winner', 'index-winner'])
 def test_ties_for_the_maximum_take_the_first_one(penalty, index_path, chunking, monkeypatch):
     if index_path:  # the path taken on accelerators, which always uses torch.max's index
-        monkeypatch.setattr(cals_module, '_SIGN_WINNER_DEVICES', ())
+        monkeypatch.setattr(kernel_module, '_SIGN_WINNER_DEVICES', ())
     generator = torch.Generator().manual_seed(1)
     # Small integers: most pixels have two or more classes tied for the maximum.
     logits = torch.randint(0, 3, (2, 5, 6, 7), generator=generator).to(torch.float64) * 3
@@ -316,8 +296,9 @@ def test_statistics_leave_out_pixels_with_non_finite_logits():
     keep[bad_pixel] = 255  # the same pixel, left out as ignored instead
     got = loss.constraint_statistics(dirty, labels)
     expected = loss.constraint_statistics(logits, keep)
-    assert got[2].item() == expected[2].item() == (labels != 255).sum().item() - 1
-    for a, b in zip(got[:2], expected[:2]):
+    assert got.count.item() == expected.count.item() == (labels != 255).sum().item() - 1
+    for a, b in ((got.sum_derivative, expected.sum_derivative),
+                 (got.sum_constraint, expected.sum_constraint)):
         assert torch.isfinite(a).all() and torch.allclose(a, b, rtol=1e-12)
 
 
@@ -326,7 +307,8 @@ def test_statistics_leave_out_pixels_with_non_finite_logits():
 def test_constraint_statistics_match_the_definition(penalty, chunking):
     loss = make_loss(penalty=penalty, margin=2.0, lambda_min=0.05, lambda_max=2.0)
     logits, labels = make_batch()
-    sum_g, sum_h, count = loss.constraint_statistics(logits, labels, ignore_index=255)
+    got = loss.constraint_statistics(logits, labels, ignore_index=255)
+    sum_g, sum_h, count = got.sum_derivative, got.sum_constraint, got.count
     z = logits.permute(0, 2, 3, 1)[labels != 255]  # (pixels, C)
     h = (z.max(-1, keepdim=True).values - z - 2.0) / 2.0
     derivative = torch.stack([
@@ -340,27 +322,27 @@ def test_constraint_statistics_match_the_definition(penalty, chunking):
     # A single image as the validation outputs hold it: (C, H, W) and (1, H, W).
     single = loss.constraint_statistics(logits[1], labels[1:2])
     both = [loss.constraint_statistics(logits[i:i + 1], labels[i:i + 1]) for i in range(2)]
-    assert torch.allclose(single[0], both[1][0]) and single[2] == both[1][2]
-    assert torch.allclose(both[0][0] + both[1][0], sum_g, rtol=1e-12)
+    assert torch.allclose(single.sum_derivative, both[1].sum_derivative)
+    assert single.count == both[1].count
+    assert torch.allclose(both[0].sum_derivative + both[1].sum_derivative, sum_g, rtol=1e-12)
 
 
 def test_training_forward_gathers_the_same_statistics_when_asked():
     loss = make_loss(margin=2.0)
     logits, labels = make_batch()
     loss(logits, labels)
-    assert loss.pop_train_statistics()[2].item() == 0  # not asked: nothing gathered
+    assert loss.pop_train_statistics().count.item() == 0  # not asked: nothing gathered
     loss.collect_train_statistics = True
     loss.eval()
     loss(logits, labels)
-    assert loss.pop_train_statistics()[2].item() == 0  # not in training mode
+    assert loss.pop_train_statistics().count.item() == 0  # not in training mode
     loss.train()
     loss(logits[:1], labels[:1])
     loss(logits[1:], labels[1:])
     gathered = loss.pop_train_statistics()
     expected = loss.constraint_statistics(logits, labels)
-    for a, b in zip(gathered, expected):
-        assert torch.allclose(a, b, rtol=1e-12)
-    assert loss.pop_train_statistics()[2].item() == 0  # popping resets
+    assert torch.allclose(gathered.flatten(), expected.flatten(), rtol=1e-12)
+    assert loss.pop_train_statistics().count.item() == 0  # popping resets
 
 
 # State ----------------------------------------------------------------------------------------
@@ -400,3 +382,97 @@ def test_decode_head_reports_the_loss_next_to_cross_entropy():
     losses = head.loss_by_feat(torch.randn(2, 3, 4, 4), samples)
     assert {'loss_ce', 'loss_cals'} <= set(losses)
     assert losses['loss_cals'].item() > 0 and math.isfinite(losses['loss_cals'].item())
+
+
+# Constraint diagnostics (docs/method.md §5) ----------------------------------------------
+def test_diagnostics_of_hand_made_logits():
+    # Pixel 1: z = (5, 2, 0), winner 0, d = (0, 3, 5). Pixel 2: z = (1, 4, 3.5), winner 1,
+    # d = (3, 0, 0.5). Margin 2: h = d/2 - 1; PHR with ρ = 1, P' = max(λ + h, 0).
+    logits = torch.tensor([[5.0, 1.0], [2.0, 4.0], [0.0, 3.5]], dtype=torch.float64)
+    logits = logits.reshape(1, 3, 1, 2)
+    labels = torch.zeros(1, 1, 2, dtype=torch.long)
+    loss = CALSLoss(3, margin=2.0)
+    # Class 0 at λ = 2: its winner term (pixel 1, h = -1) has P' = 1 > λ_min but is no pair.
+    loss.lambda_.copy_(torch.tensor([2.0, 1e-6, 1e-6], dtype=torch.float64))
+    stats = loss.constraint_statistics(logits, labels)
+    assert stats.pairs.tolist() == [1, 1, 2] and stats.count.item() == 2
+    diagnostics = stats.diagnostics()
+    # Pairs: class 0 (pixel 2, d 3), class 1 (pixel 1, d 3), class 2 (d 5 and 0.5).
+    assert diagnostics['violating_share'] == [1.0, 1.0, 0.5]
+    assert diagnostics['acting_share'] == [1.0, 1.0, 0.5]  # 0.5: h = -0.75 at the floor
+    assert diagnostics['mean_h'] == pytest.approx([(-1 + 0.5) / 2, (0.5 - 1) / 2,
+                                                   (1.5 - 0.75) / 2], abs=1e-15)
+    for k, gaps in enumerate(([3.0], [3.0], [5.0, 0.5])):
+        for p in (50, 90, 99):
+            exact = float(np.quantile(gaps, p / 100, method='inverted_cdf'))
+            assert abs(diagnostics[f'gap_p{p}'][k] - exact) <= GAP_BIN_WIDTH
+    pooled = diagnostics['all']
+    assert pooled['violating_share'] == pooled['acting_share'] == 0.75
+    assert abs(pooled['gap_p50'] - 3.0) <= GAP_BIN_WIDTH
+    assert abs(pooled['margin_1pct'] - 5.0) <= GAP_BIN_WIDTH  # the largest gap
+    assert set(pooled) == {'violating_share', 'acting_share', 'gap_p50', 'gap_p90', 'gap_p99',
+                           'margin_1pct', 'margin_10pct'}
+
+
+def direct_diagnostics(loss, logits, labels, penalty):
+    """Violating and acting pairs per class from the definitions, pixel by pixel."""
+    z = logits.permute(0, 2, 3, 1)[labels != 255]
+    winner = z.argmax(-1)
+    d = z.max(-1, keepdim=True).values - z
+    h = (d - loss.margin) / loss.margin
+    derivative = torch.tensor([[hand_penalty(penalty, h[i, k].item(), loss.lambda_[k].item(),
+                                             loss.rho[k].item())[1]
+                                for k in range(z.shape[1])] for i in range(len(z))],
+                              dtype=torch.float64)
+    pair = torch.arange(z.shape[1])[None] != winner[:, None]
+    return ((d > loss.margin) & pair).sum(0), ((derivative > loss.lambda_min) & pair).sum(0)
+
+
+@pytest.mark.parametrize('penalty', NAMES)
+def test_diagnostics_match_the_definition_and_the_gap_histogram(penalty, chunking):
+    loss = make_loss(penalty=penalty, margin=2.0, lambda_min=0.05)
+    loss.lambda_[:2] = 0.05  # at the floor p2/p3 act only where h > 0, as phr does
+    logits, labels = make_batch(height=12, width=13)
+    logits[0, 1, 5, 5] = logits[0, 3, 5, 5] = logits[0, :, 5, 5].max() + 1  # a tie
+    stats = loss.constraint_statistics(logits, labels)
+    violating, acting = direct_diagnostics(loss, logits, labels, penalty)
+    assert stats.violating.tolist() == violating.tolist()
+    assert stats.acting.tolist() == acting.tolist()
+    assert 0 < int(acting.sum()) < int(stats.pairs.sum())  # both kinds of pair occur
+    # The kernel's own histogram is the reference one, bin for bin.
+    assert torch.equal(stats.gap_histogram, gap_histogram(logits, labels != 255))
+
+
+def test_statistics_of_float32_logits_with_non_finite_pixels_keep_the_histogram_exact(
+        chunking):
+    loss = make_loss(margin=2.0)
+    logits, labels = make_batch(dtype=torch.float32, height=12, width=13, scale=20.0)
+    labels[1, 6, 6] = 0
+    logits[1, 2, 4, 4] = float('nan')  # a valid pixel
+    logits[0, 1, 0, 3] = float('inf')  # an ignored one
+    logits[1, 0, 6, 6] = 1000.0  # gaps beyond GAP_RANGE
+    stats = loss.constraint_statistics(logits, labels)
+    valid = labels != 255
+    assert stats.count.item() == valid.sum().item() - 1
+    assert torch.equal(stats.gap_histogram, gap_histogram(logits, valid))
+    assert stats.gap_histogram[1:, -1].sum() == 4  # the 1000 logit's pixel
+
+
+def test_statistics_add_flatten_and_unflatten():
+    loss = make_loss(margin=2.0)
+    logits, labels = make_batch()
+    a = loss.constraint_statistics(logits[:1], labels[:1])
+    b = loss.constraint_statistics(logits[1:], labels[1:])
+    both = loss.constraint_statistics(logits, labels)
+    assert torch.allclose((a + b).flatten(), both.flatten(), rtol=1e-12, atol=0)
+    again = ConstraintStats.unflatten(both.flatten(), 5)
+    assert torch.equal(again.flatten(), both.flatten())
+    assert torch.equal(again.means()[0], both.sum_derivative / both.count)
+    with pytest.raises(ValueError, match='values'):
+        ConstraintStats.unflatten(both.flatten()[:-1], 5)
+
+
+def test_no_pixel_gives_nan_diagnostics():
+    diagnostics = ConstraintStats.zeros(3).diagnostics()
+    assert all(math.isnan(v) for v in diagnostics['acting_share'] + diagnostics['gap_p50'])
+    assert all(math.isnan(v) for v in diagnostics['all'].values())

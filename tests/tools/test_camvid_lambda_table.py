@@ -1,11 +1,15 @@
 """tools/experiments/camvid_lambda_table.py on a generated CamVid-layout folder."""
-import importlib.util
 import json
+import os
 import os.path as osp
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from mmcals.evaluation import lambda_table
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(REPO, 'tools', 'experiments', 'camvid_lambda_table.py')
@@ -15,10 +19,8 @@ CLASSES = ['Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location('camvid_lambda_table', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The tool's logic (and ``main``), as its script imports it."""
+    return lambda_table
 
 
 def _layout(root, rng):
@@ -69,3 +71,14 @@ def test_unknown_head(tmp_path, tool):
     history = _history(tmp_path / 'h.json', [[1e-6] * len(CLASSES)])
     with pytest.raises(ValueError, match="no updates of 'aux'"):
         tool.final_lambda(str(history), 'aux')
+
+
+def test_the_script_runs_the_module_and_reads_camvid_root(tmp_path):
+    """The script is the module's entry point; --camvid-root defaults to $CAMVID_ROOT."""
+    labels = _layout(tmp_path, np.random.default_rng(1))
+    history = _history(tmp_path / 'h.json', [[0.5] * len(CLASSES)])
+    env = dict(os.environ, CAMVID_ROOT=str(tmp_path), OMP_NUM_THREADS='1')
+    done = subprocess.run([sys.executable, TOOL, f'run={history}'], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f'the {len(labels)} training images' in done.stdout

@@ -3,7 +3,7 @@
 # scaling and CALS with the 'val' and the 'train' statistics source, one model, one schedule.
 #
 #   tools/experiments/camvid_study.sh            # from the repository root
-#   ITERS=360 SEEDS="0 1" OUT=work_dirs/camvid_study CAMVID_ROOT=../shared/data/camvid \
+#   ITERS=360 SEEDS="0 1" OUT=work_dirs/camvid_study CAMVID_ROOT=/data/camvid \
 #       EXTRA_MARGIN=5 tools/experiments/camvid_study.sh
 #
 # Split (nothing is fitted on CamVid val):
@@ -26,7 +26,7 @@ SEEDS=${SEEDS:-"0 1"}
 UPDATES=${UPDATES:-4}                 # CALS multiplier updates per run
 EXTRA_MARGIN=${EXTRA_MARGIN:-}        # if set: one more CALS-val run (first seed), this margin
 OUT=${OUT:-work_dirs/camvid_study}
-export CAMVID_ROOT=${CAMVID_ROOT:-../shared/data/camvid}
+export CAMVID_ROOT=${CAMVID_ROOT:-data/camvid}
 PYTHON=${PYTHON:-.venv/bin/python}
 # One thread per process: on a small shared CPU, several OpenMP threads per process spin against
 # each other and other jobs (measured: 4x slower per iteration on 2 busy cores).

@@ -1,0 +1,16 @@
+# DeepLabV3-R50-D8 on VOC-aug (mmseg's 40k schedule at batch 16; 293 VOC `train` images
+# held out for the multipliers, tested on the 1,449 `val` images),
+# with CALS (Liu et al., CVPR 2023): cross-entropy plus the class-adaptive penalty on the
+# decode and auxiliary heads (0.4); CALSHook updates one multiplier per class after every
+# validation on the held-out images (docs/method.md §3). See _base_/voc12aug_deeplabv3_r50-d8.py.
+_base_ = './_base_/voc12aug_deeplabv3_r50-d8.py'
+model = dict(
+    decode_head=dict(loss_decode=[
+        dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+        dict(type='CALSLoss', num_classes={{_base_.num_classes}}, loss_weight=1.0),
+    ]),
+    auxiliary_head=dict(loss_decode=[
+        dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4),
+        dict(type='CALSLoss', num_classes={{_base_.num_classes}}, loss_weight=0.4),
+    ]))
+custom_hooks = [dict(type='CALSHook')]
