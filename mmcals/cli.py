@@ -113,13 +113,15 @@ def check_launcher(launcher: str, script: str = 'train') -> None:
 
     Args:
         launcher (str): ``--launcher``.
-        script (str): ``'train'`` or ``'test'``: which ``tools/dist_*.sh`` to suggest.
+        script (str): ``'train'``, ``'test'``, or the path of another tool under ``tools/``
+            (e.g. ``'analysis/logit_gaps.py'``): which launcher command to suggest.
     """
     required = {'pytorch': TORCHRUN_VARIABLES, 'slurm': SLURM_VARIABLES}.get(launcher, ())
     missing = [name for name in required if name not in os.environ]
     if missing:
-        usage = ('dist_test.sh CONFIG CHECKPOINT GPUS' if script == 'test'
-                 else 'dist_train.sh CONFIG GPUS')
+        usage = {'test': 'dist_test.sh CONFIG CHECKPOINT GPUS',
+                 'train': 'dist_train.sh CONFIG GPUS'}.get(
+                     script, f'dist_run.sh {script} GPUS CONFIG CHECKPOINT')
         hint = (f'start it with tools/{usage} (torchrun)'
                 if launcher == 'pytorch' else 'start it with tools/slurm_train.sh under srun')
         raise UsageError(f'--launcher {launcher} needs the variables its launcher sets '

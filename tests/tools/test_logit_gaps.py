@@ -5,6 +5,7 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+from inprocess_tool import run_tool_here
 from mmengine.config import Config
 from PIL import Image
 from tooling import REPO, cityscapes_options, run_tool
@@ -137,6 +138,15 @@ def test_bad_quantiles_are_refused_before_running(tmp_path):
     assert 'quantiles must lie in [0, 1], got 1.5' in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_pytorch_launcher_outside_torchrun_names_the_launcher_command(tmp_path):
+    result = run_tool_here('analysis/logit_gaps.py', TINY, tmp_path / 'model.pth',
+                           '--launcher', 'pytorch',
+                           env={name: None for name in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')})
+    assert result.returncode == 2
+    assert 'tools/dist_run.sh analysis/logit_gaps.py GPUS CONFIG CHECKPOINT' in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def _sample(logits, labels):

@@ -53,7 +53,7 @@ def main():
     except ValueError as error:
         raise cli.UsageError(f'--{error}') from None
     cli.setup_logging(args.log_level)
-    cli.check_launcher(args.launcher, script='test')
+    cli.check_launcher(args.launcher, script='analysis/logit_gaps.py')
     cfg = cli.load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     cfg.log_level = args.log_level

@@ -84,8 +84,9 @@ def parse_args(argv=None):
 
 def build_model(cfg, checkpoint: str, device: str):
     from mmengine.model.utils import revert_sync_batchnorm
-    from mmengine.runner import load_checkpoint
     from mmseg.registry import MODELS
+
+    from mmcals.checkpoint import fit_to_model, load_checkpoint_safely
 
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg['pretrained'] = None
@@ -93,8 +94,10 @@ def build_model(cfg, checkpoint: str, device: str):
     if isinstance(model_cfg.get('backbone'), dict):
         model_cfg['backbone'].pop('init_cfg', None)
     model = MODELS.build(model_cfg)
-    load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
-                    revise_keys=[(r'^module\.', '')])
+    # The tools' safe loading: weights_only unpickling (MMCALS_TRUST_CHECKPOINTS=1 opts out),
+    # and a one-line error for a checkpoint that does not fit the model.
+    state = load_checkpoint_safely(checkpoint, map_location='cpu')
+    model.load_state_dict(fit_to_model(model, state, checkpoint, allow_partial=False))
     return revert_sync_batchnorm(model).to(device).eval()
 
 
