@@ -514,3 +514,37 @@ def finish(distributed: bool) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def load_test_config(args, script: str) -> Config:
+    """The config of a tool that evaluates ``args.checkpoint`` (``tools/test.py`` and alike).
+
+    Sets up logging, checks the launcher and the checkpoint path, and fills in the launcher,
+    log level, work dir and ``load_from`` from the parsed arguments of
+    :func:`add_common_arguments`; ``script`` picks the launcher hint (see
+    :func:`check_launcher`).
+    """
+    setup_logging(args.log_level)
+    check_launcher(args.launcher, script=script)
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.log_level = args.log_level
+    cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
+    check_checkpoint(args.checkpoint, 'checkpoint')
+    cfg.load_from = args.checkpoint
+    return cfg
+
+
+def run_test_loop(cfg: Config, args) -> None:
+    """Check the test data, checkpoint, model and work dir, then run mmengine's test loop."""
+    trust = True if args.trust_checkpoint else None
+    check_datasets(cfg, ['test_dataloader'])
+    preloaded = preload_checkpoint(args.checkpoint, trust)
+    check_model(cfg, preloaded, args.allow_partial)
+    check_work_dir(cfg.work_dir)
+    add_input_checks(cfg, ['test_dataloader'], labels=False)
+    with leave_no_run(cfg.work_dir), explain_failures(cfg):
+        runner = build_runner(cfg, trust=trust, allow_partial=args.allow_partial,
+                              preloaded=preloaded)
+        runner.test()
+    finish(distributed=args.launcher != 'none')

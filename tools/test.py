@@ -42,15 +42,7 @@ def enable_visualization(cfg, args) -> None:
 
 def main():
     args = parse_args()
-    cli.setup_logging(args.log_level)
-    cli.check_launcher(args.launcher, script='test')
-    cfg = cli.load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.log_level = args.log_level
-    cfg.work_dir = cli.default_work_dir(cfg, args.config, args.work_dir)
-    trust = True if args.trust_checkpoint else None
-    cli.check_checkpoint(args.checkpoint, 'checkpoint')
-    cfg.load_from = args.checkpoint
+    cfg = cli.load_test_config(args, script='test')
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.tta:
@@ -64,17 +56,7 @@ def main():
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
-    cli.check_datasets(cfg, ['test_dataloader'])
-    preloaded = cli.preload_checkpoint(args.checkpoint, trust)
-    cli.check_model(cfg, preloaded, args.allow_partial)
-    cli.check_work_dir(cfg.work_dir)
-    cli.add_input_checks(cfg, ['test_dataloader'], labels=False)
-
-    with cli.leave_no_run(cfg.work_dir), cli.explain_failures(cfg):
-        runner = cli.build_runner(cfg, trust=trust, allow_partial=args.allow_partial,
-                                  preloaded=preloaded)
-        runner.test()
-    cli.finish(distributed=args.launcher != 'none')
+    cli.run_test_loop(cfg, args)
 
 
 if __name__ == '__main__':
