@@ -15,4 +15,11 @@ MODULE2PACKAGE.setdefault('mmcals', 'mmcals')
 compat.install_mmcv_ext_stub()
 compat.patch_editable_config_path()
 
-from . import datasets, evaluation, hooks, losses, registry  # noqa: E402,F401  (registrations)
+from . import (  # noqa: E402,F401  (registrations)
+    calibration,
+    datasets,
+    evaluation,
+    hooks,
+    losses,
+    registry,
+)

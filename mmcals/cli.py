@@ -12,6 +12,7 @@ A user's own script gets the tools' safety by building its runner with :func:`bu
 import argparse
 import contextlib
 import copy
+import importlib.util
 import inspect
 import os
 import os.path as osp
@@ -90,6 +91,40 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
              'tensors, logging what was skipped (e.g. to fine-tune another head)')
     # torchrun passes --local-rank to old-style scripts; accept both spellings.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+# --vis-backend names -> mmengine's visualizer backends.
+VIS_BACKENDS = {'local': 'LocalVisBackend', 'tensorboard': 'TensorboardVisBackend'}
+
+
+def add_vis_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        '--vis-backend', nargs='+', action='extend', default=[], choices=sorted(VIS_BACKENDS),
+        metavar='NAME',
+        help='also send the logged scalars (losses, CALS multipliers and diagnostics, metrics) '
+             'and the reliability diagram of each evaluation to these visualizer backends: '
+             'local, tensorboard (event files under <work_dir>/<timestamp>/vis_data)')
+
+
+def add_vis_backends(cfg: Config, names: Iterable[str]) -> None:
+    """Append the ``--vis-backend`` backends missing from ``cfg.visualizer.vis_backends``."""
+    names = list(names)
+    if not names:
+        return
+    if 'tensorboard' in names and importlib.util.find_spec('tensorboard') is None:
+        raise UsageError('--vis-backend tensorboard needs the tensorboard package: '
+                         "pip install 'mmcals[tensorboard]'")
+    # mmengine's runner uses a LocalVisBackend when the config names no visualizer.
+    visualizer = dict(cfg.get('visualizer') or dict(
+        type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]))
+    backends = list(visualizer.get('vis_backends') or [])
+    present = {backend.get('type') for backend in backends}
+    for name in names:
+        if VIS_BACKENDS[name] not in present:
+            backends.append(dict(type=VIS_BACKENDS[name]))
+            present.add(VIS_BACKENDS[name])
+    visualizer['vis_backends'] = backends
+    cfg.visualizer = visualizer  # assigned whole: Config.setdefault copies a new value
 
 
 def setup_logging(log_level: str = 'INFO') -> None:

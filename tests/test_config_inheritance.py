@@ -1,4 +1,11 @@
-"""Downstream configs inherit ours from an installed (non-editable) mmcals: mmcals::configs/..."""
+"""Downstream use of an installed (non-editable) mmcals, from a folder outside the repo.
+
+One wheel, installed with ``pip install --target``: configs inherit ours as
+``mmcals::configs/...`` (also in processes that never import mmcals), the console scripts
+train them, and ``mim train mmcals`` finds the training script where it looks for it.
+"""
+import glob
+import json
 import os
 import os.path as osp
 import subprocess
@@ -44,6 +51,17 @@ def test_wheel_ships_the_configs(installed_wheel):
     assert shipped == in_repo and 'deeplabv3_cals_cityscapes.py' in shipped
     # The VOC configs read their split lists through {{fileDirname}}/../../data_splits.
     assert (configs.parent / 'data_splits' / 'voc2012' / 'mytrain.txt').is_file()
+    # mim train/test run <package>/.mim/tools/{train,test}.py, the console scripts every tool:
+    # a copy of tools/ without the study scripts of tools/experiments.
+    tools = installed_wheel / 'mmcals' / '.mim' / 'tools'
+    in_repo = {osp.relpath(p, osp.join(REPO, 'tools')) for p in glob.glob(
+        osp.join(REPO, 'tools', '**', '*.*'), recursive=True) if '__pycache__' not in p
+        and not p.startswith(osp.join(REPO, 'tools', 'experiments'))}
+    shipped = {osp.relpath(p, tools) for p in glob.glob(str(tools / '**' / '*.*'), recursive=True)
+               if '__pycache__' not in p}
+    assert shipped == in_repo and {'train.py', 'test.py'} <= shipped
+    for name in shipped:
+        assert (tools / name).read_bytes() == open(osp.join(REPO, 'tools', name), 'rb').read()
 
 
 def test_script_that_imports_mmcals_resolves_the_installed_config(installed_wheel, tmp_path):
@@ -55,21 +73,56 @@ def test_script_that_imports_mmcals_resolves_the_installed_config(installed_whee
     result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True,
                             text=True, env=dict(os.environ, PYTHONPATH=str(installed_wheel)))
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
     module_file, losses, hooks = json.loads(result.stdout.strip().splitlines()[-1])
     assert module_file.startswith(str(installed_wheel))  # the wheel, not the checkout
     assert losses == ['CrossEntropyLoss', 'CALSLoss'] and 'CALSHook' in hooks
 
 
-def test_train_tool_runs_a_downstream_config(installed_wheel, tiny_cityscapes, tmp_path):
+def test_a_process_that_never_imports_mmcals_reads_mmcals_configs(installed_wheel, tmp_path):
+    """What mim, mmseg's tools/train.py or any launcher does: parse first, import later."""
     config = _downstream_config(tmp_path, 'mmcals::configs/deeplabv3_cals_cityscapes.py')
-    result = run_tool('train.py', config, '--work-dir', tmp_path / 'wd', '--cfg-options',
-                      *cityscapes_options(tiny_cityscapes), 'train_cfg.max_iters=2',
-                      'train_cfg.val_interval=2', cwd=tmp_path,
-                      env={'PYTHONPATH': str(installed_wheel)})
+    # site.addsitedir runs the folder's .pth files, as Python's start-up does for
+    # site-packages; a --target folder on PYTHONPATH alone gets no .pth processing.
+    code = ('import json, site, sys; from mmengine.config import Config; '
+            f'site.addsitedir({str(installed_wheel)!r}) if sys.argv[1] == "site" else None; '
+            f'cfg = Config.fromfile({config!r}, import_custom_modules=False); '
+            'print(json.dumps([[l["type"] for l in cfg.model.decode_head.loss_decode], '
+            '"mmcals" in sys.modules]))')
+    env = dict(os.environ, PYTHONPATH=str(installed_wheel))
+    for mode in ('site', 'plain'):
+        result = subprocess.run([sys.executable, '-c', code, mode], cwd=tmp_path, env=env,
+                                capture_output=True, text=True)
+        if mode == 'plain':  # without the wheel's .pth: mmengine's refusal (the control)
+            assert result.returncode != 0
+            assert 'does not support to load mmcals config' in result.stderr
+        else:
+            assert result.returncode == 0, result.stderr[-3000:]
+            losses, imported = json.loads(result.stdout.strip().splitlines()[-1])
+            assert losses == ['CrossEntropyLoss', 'CALSLoss'] and not imported
+
+
+def test_console_script_trains_a_downstream_config(installed_wheel, tiny_cityscapes, tmp_path):
+    config = _downstream_config(tmp_path, 'mmcals::configs/deeplabv3_cals_cityscapes.py')
+    result = subprocess.run(
+        [str(installed_wheel / 'bin' / 'mmcals-train'), config, '--work-dir', tmp_path / 'wd',
+         '--cfg-options', *cityscapes_options(tiny_cityscapes), 'train_cfg.max_iters=2',
+         'train_cfg.val_interval=2'], cwd=tmp_path, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=str(installed_wheel)), timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'decode.loss_cals' in result.stdout + result.stderr
     assert osp.isfile(tmp_path / 'wd' / 'iter_2.pth')
+
+
+def test_mim_finds_a_train_script_it_can_run(installed_wheel, tmp_path):
+    """mim train runs ``python <pkg>/.mim/tools/train.py CONFIG --launcher none ...``, and
+    adds ``--gpus N`` when that script's help mentions --gpus (ours has no such option)."""
+    script = installed_wheel / 'mmcals' / '.mim' / 'tools' / 'train.py'
+    result = subprocess.run([sys.executable, str(script), '-h'], cwd=tmp_path,
+                            capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(installed_wheel)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '--launcher' in result.stdout and '--vis-backend' in result.stdout
+    assert '--gpus' not in result.stdout
 
 
 def test_the_folder_rule_of_mmengine_is_explained(tmp_path):

@@ -86,15 +86,17 @@ def test_each_row_says_what_its_config_trains(name):
 
 
 def test_results_are_only_those_really_run():
-    reference = camvid_results()
-    assert reference, 'no method table found in docs/results_camvid.md'
+    reported = [row for name, row in zoo_rows().items()
+                if '_camvid' in name and row['results'] != 'not run']
+    reference = camvid_results() if reported else {}
+    assert reference or not reported, 'no method table found in docs/results_camvid.md'
     for name, row in zoo_rows().items():
         result = row['results']
-        if '_camvid' in name:
+        if '_camvid' in name and result != 'not run':
             match = re.fullmatch(r'mIoU ([\d.]+(?: ± [\d.]+)?), ECE ([\d.]+(?: ± [\d.]+)?) '
-                                 r'\(([^,)]+)(?:, \d+ runs)?\) ¹', result)
+                                 r'\(([^,)]+)(?:, (\d+) runs)?\) ¹', result)
             assert match, f'{name}: {result}'
-            method = match[3] + (' (2 runs)' if '2 runs' in result else '')
+            method = match[3] + (f' ({match[4]} runs)' if match[4] else '')
             assert reference.get(method) == (match[1], match[2]), (
                 f'{name}: {result} differs from docs/results_camvid.md {reference.get(method)}; '
                 'update docs/model_zoo.md')

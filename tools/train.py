@@ -1,13 +1,15 @@
 """Train a segmentor with mmengine, the way mmseg's tools/train.py does, plus mmcals.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
+                                 [--vis-backend local|tensorboard ...]
                                  [--trust-checkpoint] [--allow-partial] [--log-level LEVEL]
                                  [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm]
 
 On a machine without CUDA a GPU config (SyncBN, nccl) runs unchanged: the backend becomes gloo,
 SyncBN becomes BN and DDP gets ``device_ids=None``; one log line says so. Checkpoints are
 written atomically and read without running code from them (``--trust-checkpoint`` allows
-that for a file you trust); training stops at the first non-finite loss.
+that for a file you trust); training stops at the first non-finite loss. ``--vis-backend
+tensorboard`` adds mmengine's TensorboardVisBackend (``pip install 'mmcals[tensorboard]'``).
 """
 import argparse
 
@@ -22,6 +24,7 @@ def parse_args(argv=None):
         '--resume', nargs='?', const='auto', default=None, metavar='CHECKPOINT',
         help='resume from CHECKPOINT, or from the latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    cli.add_vis_backend_argument(parser)
     cli.add_common_arguments(parser)
     return parser.parse_args(argv)
 
@@ -32,6 +35,7 @@ def main():
     cli.check_launcher(args.launcher)
     cli.check_amp(args.amp)
     cfg = cli.load_config(args.config, args.cfg_options)
+    cli.add_vis_backends(cfg, args.vis_backend)
     cfg.launcher = args.launcher
     cfg.log_level = args.log_level
     cfg.work_dir = cli.default_work_dir(cfg, args.config, args.work_dir)

@@ -14,8 +14,9 @@ from typing import Optional, Union
 
 from mmengine.dist import get_dist_info
 from mmengine.evaluator import BaseMetric
-from mmengine.logging import MMLogger, print_log
+from mmengine.logging import MessageHub, MMLogger, print_log
 from mmengine.structures import BaseDataElement
+from mmengine.visualization import Visualizer
 from mmseg.registry import METRICS
 from prettytable import PrettyTable
 
@@ -47,7 +48,9 @@ class PixelCalibrationMetric(BaseMetric):
     Files, written by rank 0 at each evaluation into ``out_dir`` (default: ``calibration/``
     beside the current log file; no files when there is no log file): ``calibration.json``
     (latest), ``calibration_history.jsonl`` (one line per evaluation),
-    ``reliability_diagram.png`` and ``confidence_histogram.png``.
+    ``reliability_diagram.png`` and ``confidence_histogram.png``. The reliability diagram also
+    goes to the run's visualizer as the image ``reliability_diagram`` (every backend: TensorBoard
+    with ``--vis-backend tensorboard``, ``vis_data/vis_image/`` with the local one).
 
     Args:
         num_bins (int): Bins of ECE/MCE/CECE (equal width) and aECE (equal mass). Default: 15.
@@ -63,6 +66,9 @@ class PixelCalibrationMetric(BaseMetric):
         collect_device (str): Device used to collect results across ranks. Default: 'cpu'.
         prefix (str, optional): Prefix of the metric names. Default: None.
     """
+
+    #: Name of the reliability diagram image handed to the visualizer.
+    visualizer_image = 'reliability_diagram'
 
     def __init__(self,
                  num_bins: int = 15,
@@ -177,6 +183,7 @@ class PixelCalibrationMetric(BaseMetric):
                       level=logging.WARNING)
         print_log('\n' + format_table(summary), logger='current')
         self._write_files(summary)
+        _send_to_visualizer(summary, self.visualizer_image)
         return {key: (float('nan') if summary['metrics'][key] is None
                       else summary['metrics'][key]) for key in self._metric_keys()}
 
@@ -226,6 +233,24 @@ class PixelCalibrationMetric(BaseMetric):
         save_confidence_histogram(summary, osp.join(out_dir, 'confidence_histogram.png'))
         print_log(f'PixelCalibrationMetric: wrote calibration.json and diagrams to {out_dir}',
                   logger='current')
+
+
+def _send_to_visualizer(summary: dict, name: str) -> None:
+    """Give the reliability diagram to the run's visualizer, so that each of its backends
+    (TensorBoard, the local ``vis_data/vis_image``, ...) gets it at every evaluation.
+
+    The step is the number of training iterations done, as for the validation metrics that
+    mmengine's LoggerHook logs in iteration-based runs (0 outside training).
+    """
+    # get_current_instance raises, and keeps mmengine's manager lock, when none exists.
+    if not Visualizer._instance_dict:
+        return
+    from .plots import render_reliability_diagram
+
+    iteration = MessageHub.get_current_instance().get_info('iter')  # index of the last one
+    step = 0 if iteration is None else iteration + 1
+    Visualizer.get_current_instance().add_image(
+        name, render_reliability_diagram(summary), step=step)
 
 
 def _fmt(value) -> str:

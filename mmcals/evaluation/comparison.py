@@ -14,6 +14,11 @@ from .results import COMPARED_KEYS, load_calibration
 
 COLUMNS = ('mIoU', *COMPARED_KEYS)
 HIGHER_IS_BETTER = {'mIoU'}
+# --per-class: each chosen class's top-label ECE_k and class-wise CECE_k (docs/method.md §4),
+# read from the per-class table of calibration.json; `--per-class` alone picks this many of
+# the rarest classes.
+PER_CLASS_KEYS = ('ECE', 'CECE')
+DEFAULT_RAREST = 3
 EXPECTED = ('<work_dir>/<timestamp>/calibration/calibration.json, written by '
             "PixelCalibrationMetric when the run is evaluated (validation or tools/test.py)")
 
@@ -94,6 +99,73 @@ def _describe(summary: dict, key: str) -> str:
     return f'{len(value)} classes' if key == 'classes' else f'{value} pixels'
 
 
+def per_class_column(key: str, class_name: str) -> str:
+    """The column of a per-class value: ``'ECE_k Sky'``, ``'CECE_k Sky'``."""
+    return f'{key}_k {class_name}'
+
+
+def _per_class_rows(run: dict) -> list[dict]:
+    rows = run['summary'].get('per_class')
+    if not rows:
+        raise UsageError(f"{run['calibration']} has no per-class table (per_class), which "
+                         '--per-class reads: evaluate the run again with this mmcals, or drop '
+                         '--per-class')
+    return rows
+
+
+def choose_classes(runs: list[dict], selection: list[str]) -> list[str]:
+    """The class names ``--per-class`` asks for.
+
+    ``selection``: class names; or one number ``N`` that is not a class name: the ``N``
+    classes with the fewest ground-truth pixels (among those with any; ties in class
+    order); or empty: the :data:`DEFAULT_RAREST` rarest. Every run must hold the same
+    per-class pixel counts (the same labels).
+    """
+    rows = _per_class_rows(runs[0])
+    for run in runs[1:]:
+        if [r['pixels'] for r in _per_class_rows(run)] != [r['pixels'] for r in rows]:
+            raise UsageError(f"runs {runs[0]['name']} and {run['name']} were evaluated on "
+                             'different datasets (their per-class pixel counts differ: '
+                             f"{runs[0]['calibration']} vs {run['calibration']})")
+    names = [row['class'] for row in rows]
+    count = None
+    if not selection:
+        count = DEFAULT_RAREST
+    elif len(selection) == 1 and selection[0] not in names and selection[0].isdigit():
+        count = int(selection[0])
+    if count is None:
+        unknown = [name for name in selection if name not in names]
+        if unknown:
+            raise UsageError(f'--per-class: unknown class {unknown[0]!r}; the runs\' classes '
+                             f'are {", ".join(names)} (or give one number N for the N rarest)')
+        return list(dict.fromkeys(selection))
+    present = sorted((row['pixels'], k) for k, row in enumerate(rows) if row['pixels'] > 0)
+    if not 1 <= count <= len(present):
+        raise UsageError(f'--per-class {count}: choose between 1 and {len(present)} rarest '
+                         'classes (the classes with ground-truth pixels)')
+    return [names[k] for _, k in present[:count]]
+
+
+def add_per_class(runs: list[dict], classes: list[str]) -> list[str]:
+    """Add the columns ``ECE_k <class>`` and ``CECE_k <class>`` of ``classes`` to every run's
+    ``values`` (None where calibration.json has none: no pixels of the class, or CECE under
+    ``top_label_only``). Returns the new columns."""
+    columns = []
+    for name in classes:
+        columns += [per_class_column(key, name) for key in PER_CLASS_KEYS]
+    for run in runs:
+        rows = {row['class']: row for row in _per_class_rows(run)}
+        for name in classes:
+            for key in PER_CLASS_KEYS:
+                run['values'][per_class_column(key, name)] = rows[name].get(key)
+    return columns
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    """The columns of runs or methods: :data:`COLUMNS`, then any per-class ones."""
+    return list(rows[0]['values']) if rows else list(COLUMNS)
+
+
 def group_runs(runs: list[dict]) -> list[dict]:
     """One method per distinct name, in order of first appearance: ``values`` holds the mean
     over its runs and ``spread`` half their range, per column (None unless every run has the
@@ -104,7 +176,7 @@ def group_runs(runs: list[dict]) -> list[dict]:
     methods = []
     for name, members in groups.items():
         values, spread = {}, {}
-        for column in COLUMNS:
+        for column in _columns(runs):
             found = [run['values'][column] for run in members]
             if any(value is None for value in found):
                 values[column] = spread[column] = None
@@ -145,7 +217,7 @@ def best_marks(runs: list[dict]) -> dict:
     """Per column, the set of method indices holding the best displayed (mean) value (ties
     share it)."""
     marks = {}
-    for column in COLUMNS:
+    for column in _columns(runs):
         shown = [(i, round(run['values'][column], 2)) for i, run in enumerate(runs)
                  if run['values'][column] is not None]
         if not shown:
@@ -166,11 +238,12 @@ def format_table(methods: list[dict]) -> str:
     """Markdown table of ``group_runs`` output: ``mean ± spread`` for methods of several
     runs, the value alone for single runs."""
     marks = best_marks(methods)
-    lines = ['| method | ' + ' | '.join(COLUMNS) + ' |',
-             '| --- | ' + ' | '.join('---:' for _ in COLUMNS) + ' |']
+    columns = _columns(methods)
+    lines = ['| method | ' + ' | '.join(columns) + ' |',
+             '| --- | ' + ' | '.join('---:' for _ in columns) + ' |']
     for i, method in enumerate(methods):
         cells = []
-        for column in COLUMNS:
+        for column in columns:
             value = method['values'][column]
             text = '-' if value is None else f'{value:.2f}'
             if i in marks[column]:
@@ -197,6 +270,14 @@ def write_markdown(runs: list[dict], methods: list[dict], path: str) -> str:
     if any(len(method['runs']) > 1 for method in methods):
         intro += (' A method of several runs shows mean ± spread over its runs, the spread '
                   'being half the range, (max - min) / 2; the bold mark compares means.')
+    per_class = [c[len('ECE_k '):] for c in _columns(methods) if c.startswith('ECE_k ')]
+    if per_class:
+        pixels = {row['class']: row['pixels'] for row in summary['per_class']}
+        intro += (' Per class k (docs/method.md §4): ECE_k is the top-label ECE of the pixels '
+                  'labelled k; CECE_k is class k\'s term of CECE (every pixel binned by p_k, '
+                  'weighted by its share of all pixels, so CECE is their mean over classes). '
+                  'Ground-truth pixels: '
+                  + ', '.join(f'{name} {pixels[name]}' for name in per_class) + '.')
     lines = ['# Calibration comparison', '', intro, '', format_table(methods), '', 'Sources:',
              '']
     for run in runs:
@@ -264,12 +345,17 @@ def parse_args(argv=None):
     parser.add_argument('--names', nargs='+', help='method names, one per work dir; work dirs '
                         'given the same name are seeds of one method, shown as mean ± spread '
                         '(default: the work dirs\' base names)')
+    parser.add_argument('--per-class', nargs='*', metavar='CLASS',
+                        help='add ECE_k and CECE_k columns of these classes, or of the N rarest '
+                             f'with one number N (alone: the {DEFAULT_RAREST} rarest)')
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     runs = collect(args.work_dirs, args.names)
+    if args.per_class is not None:
+        add_per_class(runs, choose_classes(runs, args.per_class))
     methods = group_runs(runs)
     os.makedirs(args.out_dir, exist_ok=True)
     markdown = write_markdown(runs, methods, osp.join(args.out_dir, 'comparison.md'))

@@ -2,12 +2,14 @@
 
 Drawn with matplotlib's object-oriented API on an Agg canvas, so importing or calling these
 never changes the caller's pyplot backend. ``draw_*`` functions draw onto a given Axes (for
-tools that overlay several runs); ``save_*`` functions write a PNG.
+tools that overlay several runs); ``save_*`` functions write a PNG, ``render_*`` return
+the picture as an array.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -72,13 +74,25 @@ def draw_confidence_histogram(ax: Axes, summary: dict, title: Optional[str] = No
         ax.legend(loc='upper left')
 
 
-def _save(draw, summary: dict, path: str, title: Optional[str]) -> str:
+def _figure(draw, summary: dict, title: Optional[str]) -> Figure:
     figure = Figure(figsize=(5, 5), dpi=100)
     FigureCanvasAgg(figure)
     draw(figure.add_subplot(1, 1, 1), summary, title)
     figure.tight_layout()
-    figure.savefig(path, format='png')
+    return figure
+
+
+def _save(draw, summary: dict, path: str, title: Optional[str]) -> str:
+    _figure(draw, summary, title).savefig(path, format='png')
     return path
+
+
+def render_reliability_diagram(summary: dict, title: Optional[str] = None) -> np.ndarray:
+    """The reliability diagram of ``summary`` as an RGB ``uint8`` array (H, W, 3), the image
+    format of mmengine's visualizer backends."""
+    canvas = _figure(draw_reliability_diagram, summary, title).canvas
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def save_reliability_diagram(summary: dict, path: str, title: Optional[str] = None) -> str:

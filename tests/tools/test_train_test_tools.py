@@ -85,8 +85,11 @@ def test_test_tool_evaluates_a_checkpoint(trained, tiny_cityscapes, tmp_path):
     assert results, result.stdout[-2000:]
     metrics = json.load(open(results[0]))
     assert 0 <= metrics['mIoU'] <= 100
-    drawn = glob.glob(str(tmp_path / 'show' / '**' / '*.png'), recursive=True)
-    assert len(drawn) == 2  # one picture per validation image
+    # One of mmseg's overlays and one confidence figure per validation image.
+    drawn = glob.glob(str(tmp_path / 'show' / '**' / 'test_*.png_0.png'), recursive=True)
+    assert len(drawn) == 2
+    maps = glob.glob(str(tmp_path / 'show' / '**' / 'test_confidence_*.png'), recursive=True)
+    assert len(maps) == 2
     assert 'mmcals.compat:' not in result.stdout + result.stderr  # DEBUG only
 
 
