@@ -30,7 +30,7 @@ from mmengine.structures import BaseDataElement
 from mmseg.registry import METRICS
 
 from ..cli import UsageError
-from ..evaluation.calibration_metric import PixelCalibrationMetric
+from ..evaluation.calibration_metric import PixelCalibrationMetric, class_names
 from ..evaluation.results import METRIC_KEYS
 from .temperature import PixelSample, fit_class_temperatures, fit_temperature, nll
 
@@ -183,14 +183,7 @@ class TemperatureFitMetric(BaseMetric):
         return metrics
 
     def _class_names(self, num_classes: int) -> list:
-        names = (self.dataset_meta or {}).get('classes')
-        if names is None:
-            return [str(k) for k in range(num_classes)]
-        if len(names) != num_classes:
-            raise ValueError(f'seg_logits have {num_classes} channels but dataset_meta lists '
-                             f"{len(names)} classes: the decode head's num_classes must match "
-                             'the dataset')
-        return [str(name) for name in names]
+        return class_names(self.dataset_meta, num_classes)
 
 
 @METRICS.register_module()

@@ -100,14 +100,7 @@ class PixelCalibrationMetric(BaseMetric):
                                 self.top_label_only, chunk_size=self.chunk_size)
 
     def _class_names(self, num_classes: int) -> list:
-        names = (self.dataset_meta or {}).get('classes')
-        if names is None:
-            return [str(k) for k in range(num_classes)]
-        if len(names) != num_classes:
-            raise ValueError(f'seg_logits have {num_classes} channels but dataset_meta lists '
-                             f'{len(names)} classes: the decode head\'s num_classes must match '
-                             'the dataset')
-        return list(names)
+        return class_names(self.dataset_meta, num_classes)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         """Reduce each sample's ``seg_logits`` and ``gt_sem_seg`` to calibration tables.
@@ -233,6 +226,19 @@ class PixelCalibrationMetric(BaseMetric):
         save_confidence_histogram(summary, osp.join(out_dir, 'confidence_histogram.png'))
         print_log(f'PixelCalibrationMetric: wrote calibration.json and diagrams to {out_dir}',
                   logger='current')
+
+
+def class_names(dataset_meta: Optional[dict], num_classes: int) -> list:
+    """The dataset's class names (``'0'``, ``'1'``, ... without any), checked against the
+    number of channels of the logits, for the metrics that evaluate ``seg_logits``."""
+    names = (dataset_meta or {}).get('classes')
+    if names is None:
+        return [str(k) for k in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f'seg_logits have {num_classes} channels but dataset_meta lists '
+                         f"{len(names)} classes: the decode head's num_classes must match "
+                         'the dataset')
+    return [str(name) for name in names]
 
 
 def _send_to_visualizer(summary: dict, name: str) -> None:

@@ -38,6 +38,7 @@ from ..losses.logit_gaps import (
     gap_quantiles,
     share_above,
 )
+from .calibration_metric import class_names
 
 DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
 DEFAULT_MARGINS = (5.0, 10.0, 20.0)  # half, once and twice the paper's margin of 10
@@ -208,14 +209,7 @@ class LogitGapMetric(BaseMetric):
         return [quantile_key(q) for q in self.quantiles] + [margin_key(m) for m in self.margins]
 
     def _class_names(self, num_classes: int) -> list:
-        names = (self.dataset_meta or {}).get('classes')
-        if names is None:
-            return [str(k) for k in range(num_classes)]
-        if len(names) != num_classes:
-            raise ValueError(f'seg_logits have {num_classes} channels but dataset_meta lists '
-                             f"{len(names)} classes: the decode head's num_classes must match "
-                             'the dataset')
-        return [str(name) for name in names]
+        return class_names(self.dataset_meta, num_classes)
 
     def _output_dir(self) -> Optional[str]:
         if self.out_dir is not None:
