@@ -22,6 +22,8 @@ METHODS = (
     ('CALS-train-m10', 'cals_train_m10'),
 )
 HEAD = 'decode_head'
+# Methods the study runs for every seed; the others run for the first seed only.
+EVERY_SEED = ('ce', 'ce_ts', 'cals_m10', 'cals_chosen')
 
 
 def _load(path: str):
@@ -43,8 +45,7 @@ def find_runs(results: str, seeds: list[str]) -> tuple[list[tuple[str, str]], li
             folder = osp.join(results, run)
             if osp.isfile(osp.join(folder, 'wall_time.json')):
                 found.append((name, folder))
-            elif osp.isdir(folder) or prefix in ('ce', 'ce_ts', 'cals_m10', 'cals_chosen') \
-                    or seed == seeds[0]:
+            elif prefix in EVERY_SEED or seed == seeds[0] or osp.isdir(folder):
                 missing.append(run)
     return found, missing
 
