@@ -3,11 +3,10 @@ import copy
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 from mmengine.config import Config
+from tooling import run_tool
 
 import mmcals  # noqa: F401  (registrations, mmcals:: configs)
 
@@ -115,11 +114,9 @@ def _run_train(repo_root, config, work_dir, camvid_root, extra=()):
         'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
         'val_dataloader.persistent_workers=False', *extra,
     ]
-    env = dict(os.environ, CAMVID_ROOT=camvid_root, OMP_NUM_THREADS='1')
-    return subprocess.run(
-        [sys.executable, osp.join('tools', 'train.py'), osp.join('configs', config),
-         '--work-dir', str(work_dir), '--cfg-options', *options],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return run_tool('train.py', osp.join('configs', config), '--work-dir', work_dir,
+                    '--cfg-options', *options, cwd=repo_root, timeout=600,
+                    env={'CAMVID_ROOT': camvid_root})
 
 
 def _latest(work_dir, name):

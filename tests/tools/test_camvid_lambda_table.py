@@ -1,13 +1,11 @@
 """tools/experiments/camvid_lambda_table.py on a generated CamVid-layout folder."""
 import json
-import os
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from tooling import run_tool
 
 from mmcals.evaluation import lambda_table
 
@@ -77,8 +75,6 @@ def test_the_script_runs_the_module_and_reads_camvid_root(tmp_path):
     """The script is the module's entry point; --camvid-root defaults to $CAMVID_ROOT."""
     labels = _layout(tmp_path, np.random.default_rng(1))
     history = _history(tmp_path / 'h.json', [[0.5] * len(CLASSES)])
-    env = dict(os.environ, CAMVID_ROOT=str(tmp_path), OMP_NUM_THREADS='1')
-    done = subprocess.run([sys.executable, TOOL, f'run={history}'], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+    done = run_tool(TOOL, f'run={history}', env={'CAMVID_ROOT': str(tmp_path)}, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f'the {len(labels)} training images' in done.stdout

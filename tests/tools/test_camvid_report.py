@@ -2,11 +2,10 @@
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
+from tooling import run_tool
 
 from mmcals.evaluation import study_report
 from mmcals.evaluation.calibration_stats import CalibrationStats
@@ -74,9 +73,8 @@ def _rows(markdown):
 
 def test_tables_and_figures_from_the_results_alone(results, tmp_path):
     out = str(tmp_path / 'report')
-    proc = subprocess.run([sys.executable, TOOL, results, '--out-dir', out, '--camvid-root',
-                           str(tmp_path / 'absent')], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = run_tool(TOOL, results, '--out-dir', out, '--camvid-root', tmp_path / 'absent',
+                    timeout=300)
     assert proc.returncode == 0, proc.stderr
     for name in ('comparison.md', 'comparison_runs.md', 'versus_ce.md', 'convergence.md',
                  'convergence.png', 'lambda_table.md', 'cals_diagnostics.png',
@@ -110,8 +108,7 @@ def test_tables_and_figures_from_the_results_alone(results, tmp_path):
 
 
 def test_no_results_is_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, TOOL, str(tmp_path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, check=False)
+    proc = run_tool(TOOL, tmp_path, timeout=300)
     assert proc.returncode == 2
     assert 'holds no finished run' in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -2,11 +2,10 @@
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
+from tooling import run_tool
 
 from mmcals.evaluation import comparison
 from mmcals.evaluation.calibration_stats import CalibrationStats
@@ -69,8 +68,7 @@ def tool():
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, TOOL, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return run_tool(TOOL, *args, timeout=300)
 
 
 def _parse_table(markdown):
