@@ -1,19 +1,14 @@
 """benchmarks/gpu_check.py runs on the CPU at small sizes, so that it cannot rot."""
-import os
 import os.path as osp
-import subprocess
-import sys
 
-from tooling import REPO
+from tooling import REPO, run_tool
 
 SCRIPT = osp.join(REPO, 'benchmarks', 'gpu_check.py')
 
 
 def test_gpu_check_runs_on_cpu_and_prints_one_table(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    done = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--work-dir',
-                           str(tmp_path)], capture_output=True, text=True, env=env,
-                          timeout=600, check=False)
+    done = run_tool(SCRIPT, '--device', 'cpu', '--work-dir', tmp_path, timeout=600,
+                    env={'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': ''})
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     table = output[output.index('gpu_check summary'):].splitlines()

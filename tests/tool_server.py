@@ -51,10 +51,10 @@ for _module in ('mmseg.datasets', 'mmseg.evaluation', 'mmseg.models', 'mmseg.eng
 def share_pure_work() -> None:
     """Do once here what every child would repeat with the same result: read mmseg's
     model-index files (mmengine reads all ~200 of them for every ``mmseg::`` name it resolves,
-    ~0.5 s each time) and set up yapf, which formats the config text each time mmengine asks
-    for ``Config.pretty_text`` (at start-up and at every checkpoint, ~0.8 s each). Both are
-    memoised: same arguments (and, for a file, same modification time), same result, so what
-    a tool writes or logs is unchanged."""
+    ~0.5 s each time), set up yapf, which formats the config text each time mmengine asks for
+    ``Config.pretty_text`` (at start-up and at every checkpoint, ~0.8 s each), and collect the
+    environment report of the Runner. All are memoised: same arguments (and, for a file, same
+    modification time), same result, so what a tool writes or logs is unchanged."""
     import copy
     import functools
 
@@ -93,6 +93,15 @@ def share_pure_work() -> None:
     memo_format_code('x = dict(a=1)\n', style_config=dict(based_on_style='pep8'))
     formatted.clear()  # that call only loaded yapf's grammar
 
+    # The environment report every Runner logs (compilers' versions from subprocesses, ~1.5 s):
+    # the machine's, the same for every child. Only with a CPU-only torch, where asking for
+    # it cannot initialise CUDA in a process that forks.
+    if torch.version.cuda is None and not torch.backends.mps.is_available():
+        import mmengine.runner.runner as runner_module
+        environment = runner_module.collect_env()
+        runner_module.collect_env = functools.wraps(runner_module.collect_env)(
+            lambda: copy.deepcopy(environment))
+
 
 share_pure_work()
 
@@ -129,6 +138,11 @@ def run_child(request: dict) -> None:
         extra = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
                  if p and p not in BASE_PATH]
         sys.path[:] = [os.path.dirname(os.path.abspath(script)), *extra, *BASE_PATH]
+        if not os.path.isfile(script):  # as the interpreter says it
+            print(f"{sys.executable}: can't open file {script!r}: [Errno 2] No such file or "
+                  'directory', file=sys.stderr)
+            code = 2
+            return
         try:
             runpy.run_path(script, run_name='__main__')
             code = 0

@@ -17,7 +17,7 @@ SERVER = osp.join(osp.dirname(osp.abspath(__file__)), 'tool_server.py')
 # applied by the server's child itself).
 IMPORT_TIME = ('PYTHONHOME', 'PYTHONHASHSEED', 'PYTHONWARNINGS', 'PYTHONNOUSERSITE',
                'PYTHONDONTWRITEBYTECODE', 'PYTHONSAFEPATH', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS',
-               'OPENBLAS_NUM_THREADS', 'CUDA_VISIBLE_DEVICES', 'LD_PRELOAD', 'LD_LIBRARY_PATH',
+               'OPENBLAS_NUM_THREADS', 'LD_PRELOAD', 'LD_LIBRARY_PATH',
                'MPLBACKEND', 'MPLCONFIGDIR')
 
 _server = None
@@ -108,7 +108,8 @@ def _run_forked(server, command, cwd, full_env, timeout):
 
 
 def run_tool(*args, env=None, timeout=600, cwd=REPO, fresh=False):
-    """Run ``python tools/<script> args`` (or a ``.sh`` tool with bash) as a subprocess.
+    """Run ``python tools/<script> args`` (or a ``.sh`` tool with bash) as a subprocess;
+    ``script`` may also be an absolute path (a benchmark).
 
     ``env`` entries update the environment; a value of None removes that variable. Python
     tools run in a child forked from this process's tool server (tests/tool_server.py: the
