@@ -197,6 +197,38 @@ def test_probabilities_exactly_zero_and_one_and_exact_ties():
         assert rel['count'][1] == 6 and rel['accuracy'][1] == pytest.approx(2 / 6)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_many_exact_and_near_ties_predict_the_first_maximum(dtype):
+    """Logits on a coarse grid tie in about a third of the pixels, and entries one float32
+    step below the maximum round to a probability ratio of exactly 1 without being ties:
+    the prediction stays the first maximal logit (as torch.argmax) in both modes, and
+    every metric matches the float64 reference on the same values."""
+    g = torch.Generator().manual_seed(12)
+    num_classes, num_pixels = 5, 6000
+    grid = torch.randint(0, 3, (num_classes, num_pixels), generator=g).to(dtype) * 0.5
+    near = torch.rand(num_classes, num_pixels, generator=g) < 0.1
+    logits = torch.where(near, torch.nextafter(grid, torch.full_like(grid, -1.0)), grid)
+    first = logits.argmax(0)
+    top = logits.amax(0)
+    assert ((logits == top).sum(0) >= 2).float().mean() > 0.25  # exact ties
+    exp_one = torch.exp(logits - top) == 1
+    assert (exp_one & (logits < top)).any()  # near ties: a ratio of 1 below the maximum
+    labels = torch.where(torch.rand(num_pixels, generator=g) < 0.6, first,
+                         torch.randint(0, num_classes, (num_pixels,), generator=g))
+    images = [(logits.view(num_classes, 60, 100), labels.view(60, 100))]
+    # 14 bins: no confidence of this grid lies on a bin edge (with 15, five equal logits give
+    # 1/5 = 3/15, whose bin then depends on the float32 rounding).
+    ref = reference_of(images, num_bins=14)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    full = stats_of(images, num_bins=14).summary()
+    assert_matches_reference(full, ref, tol=tol, skip=('aECE',))
+    assert full['metrics']['pixel_accuracy'] == pytest.approx(
+        100 * float((first == labels).double().mean()), abs=1e-9)
+    top_only = stats_of(images, num_bins=14, top_label_only=True).summary()
+    for key in ('ECE', 'MCE', 'aECE', 'NLL', 'pixel_accuracy'):
+        assert top_only['metrics'][key] == full['metrics'][key], key
+
+
 def test_empty_bins_are_reported_as_none_and_skipped_by_mce():
     images = make_images(6, max_margin=30.0)
     images = [(z * 4, y) for z, y in images]  # confidences in few, high bins
