@@ -243,7 +243,7 @@ class CalibrationStats:
     def _reduce(self, z: Tensor, y: Tensor, valid: Tensor, starts: Sequence[int],
                 chunk: int) -> _ImageSums:
         """The tables of the chunks of pixels beginning at ``starts``."""
-        image = _ImageSums(self.num_classes, self.num_bins, self.top_label_only, z.device)
+        image = _ImageSums(self.num_classes, self.num_bins, self.top_label_only)
         with torch.no_grad():  # grad mode is per thread
             for start in starts:
                 zc, yc = z[:, start:start + chunk], y[start:start + chunk]
@@ -364,11 +364,9 @@ class _ImageSums:
       product it replaced and 300 times more accurate in float32.
     """
 
-    def __init__(self, num_classes: int, num_bins: int, top_label_only: bool,
-                 device: torch.device) -> None:
+    def __init__(self, num_classes: int, num_bins: int, top_label_only: bool) -> None:
         self.num_classes, self.num_bins = num_classes, num_bins
         self.top_label_only = top_label_only
-        self.device = device
         self.sums: dict = {}
 
     def _add(self, name: str, value: Tensor) -> None:
