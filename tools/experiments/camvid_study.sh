@@ -192,16 +192,16 @@ if [ "$TABLES_ONLY" != 1 ]; then
     launch train_and_test "cals_chosen_s$seed" "$(printf "$CFG" cals)" "$seed" \
       "${VALIDATE[@]}" "$(cals "$MARGIN")"
   done
+  drain  # the 3-seed tables (CE, CE + TS, both CALS) are complete before the 1-seed baselines
+  for seed in $SEEDS; do
+    [ "$seed" = "$FIRST_SEED" ] || launch temperature "ce_ts_s$seed" "ce_s$seed"
+  done
   for m in ls mbls focal ecp; do
     launch train_and_test "${m}_s$FIRST_SEED" "$(printf "$CFG" $m)" "$FIRST_SEED" \
       "${NO_VALIDATION[@]}"
   done
   launch train_and_test "cals_train_m10_s$FIRST_SEED" "$(printf "$CFG" cals)" "$FIRST_SEED" \
     "${NO_VALIDATION[@]}" "${CALS_TRAIN[@]}"
-  drain
-  for seed in $SEEDS; do
-    [ "$seed" = "$FIRST_SEED" ] || launch temperature "ce_ts_s$seed" "ce_s$seed"
-  done
   drain
 fi
 
