@@ -167,7 +167,8 @@ PY
 
 # A job queue: at most JOBS runs at once; a failed run is reported and the others go on.
 failed=0
-pending() { [ "$(jobs -rp | wc -l)" -lt "$JOBS" ] || wait -n || failed=1; }
+# (wait -n may return for a job that had already finished, e.g. a skipped run, hence the loop.)
+pending() { while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || failed=1; done; }
 launch() { pending; "$@" & }
 drain() { while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done; }
 
