@@ -1,6 +1,7 @@
 """SafeCheckpointHook: mmengine's CheckpointHook with writes that cannot lose progress."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import glob
 import os
@@ -14,11 +15,26 @@ from mmseg.registry import HOOKS
 from ..checkpoint import plain_message_hub, restore_message_hub
 
 
+@contextlib.contextmanager
+def _replaced(obj, name: str, value):
+    """Set ``obj.name = value`` for the duration of the block, then restore it exactly."""
+    missing = object()
+    previous = vars(obj).get(name, missing)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if previous is missing:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, previous)
+
+
 @HOOKS.register_module()
 class SafeCheckpointHook(CheckpointHook):
     """mmengine's :class:`~mmengine.hooks.CheckpointHook`, made safe to interrupt and to load.
 
-    Takes every argument of ``CheckpointHook`` and changes four things for local folders:
+    Takes every argument of ``CheckpointHook`` and changes five things for local folders:
 
     - a checkpoint is written to ``<name>.partial`` and renamed when complete, so a killed
       run never leaves a truncated ``iter_N.pth``; ``*.partial`` files of a killed run are
@@ -27,6 +43,8 @@ class SafeCheckpointHook(CheckpointHook):
       complete and ``last_checkpoint`` names it (mmengine removes them before writing, so a
       run killed during the write could be left with no checkpoint);
     - ``last_checkpoint`` is replaced atomically and always names a complete file;
+    - with ``save_best``, a new ``best_*`` checkpoint is written the same way, and the previous
+      best is removed only once the new one is complete (mmengine removes it first);
     - the message hub is stored in plain types (``mmcals.checkpoint.plain_message_hub``), so
       the checkpoint loads with ``torch.load(weights_only=True)``, and is rebuilt on loading.
 
@@ -96,6 +114,37 @@ class SafeCheckpointHook(CheckpointHook):
             path = osp.join(self.out_dir, self.filename_tmpl.format(old))
             if osp.isfile(path):
                 os.remove(path)
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        if not (self.save_best and self._local()):
+            return super()._save_best_checkpoint(runner, metrics)
+        # mmengine's method picks the new best and its name; only its two file operations
+        # change, for the duration of the call: the previous best's removal waits until the
+        # new best is complete, and the new best goes through a .partial file.
+        step = runner.epoch if self.by_epoch else runner.iter
+        names = {f'best_{key}_{self.filename_tmpl.format(step)}'.replace('/', '_')
+                 for key in self.key_indicators}
+        backend, save = self.file_backend, runner.save_checkpoint
+        outdated = []
+
+        def remove_later(path):
+            outdated.append(path)
+
+        def save_best(out_dir, filename, *args, **kwargs):
+            if filename not in names:
+                return save(out_dir, filename, *args, **kwargs)
+            save(out_dir, f'{filename}.partial', *args, **kwargs)
+            if is_main_process():
+                os.replace(osp.join(out_dir, f'{filename}.partial'), osp.join(out_dir, filename))
+                for old in outdated:
+                    if osp.isfile(old) and osp.abspath(old) != osp.abspath(
+                            osp.join(out_dir, filename)):
+                        os.remove(old)
+            outdated.clear()
+
+        with _replaced(backend, 'remove', remove_later), \
+                _replaced(runner, 'save_checkpoint', save_best):
+            super()._save_best_checkpoint(runner, metrics)
 
     def after_val_epoch(self, runner, metrics):
         super().after_val_epoch(runner, metrics)

@@ -58,6 +58,33 @@ def test_killed_while_saving_with_max_keep_ckpts_1_keeps_the_previous_checkpoint
     assert torch.load(tmp_path / 'iter_2.pth', weights_only=True)['meta']['iter'] == 2
 
 
+def test_killed_while_saving_the_best_checkpoint_leaves_no_best_file(tiny_cityscapes, tmp_path):
+    config = tmp_path / 'slow_best.py'
+    config.write_text(f"_base_ = '{TINY}'\n"
+                      "custom_imports = dict(imports=['mmcals', 'slow_save'])\n"
+                      "default_hooks = dict(checkpoint=dict(save_best='mIoU'))\n")
+    options = ['--work-dir', tmp_path, '--cfg-options', *cityscapes_options(tiny_cityscapes),
+               'val_dataloader.dataset.indices=1', 'train_cfg.max_iters=1',
+               'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1']
+    env = dict(os.environ, PYTHONPATH=osp.join(REPO, 'tests'),
+               MMCALS_TEST_SLOW_SAVE='best_mIoU_iter_1.pth', OMP_NUM_THREADS='1')
+    process = subprocess.Popen([sys.executable, osp.join(REPO, 'tools', 'train.py'), config,
+                                *map(str, options)], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    best = tmp_path / 'best_mIoU_iter_1.pth'
+    deadline = time.time() + 400
+    while not any(path.exists() and path.stat().st_size > 0
+                  for path in (best, tmp_path / 'best_mIoU_iter_1.pth.partial')):
+        assert process.poll() is None and time.time() < deadline, 'the run ended before the save'
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # Killed while writing the best checkpoint: nothing named best_*.pth, the periodic
+    # checkpoint before it complete.
+    assert not list(tmp_path.glob('best_*.pth'))
+    torch.load(tmp_path / 'iter_1.pth', weights_only=True)
+
+
 def test_divergence_stops_at_the_first_non_finite_loss(tiny_cityscapes, tmp_path):
     result = run_tool('train.py', TINY, '--work-dir', tmp_path, '--cfg-options',
                       *cityscapes_options(tiny_cityscapes), 'optim_wrapper.optimizer.lr=1e6',
