@@ -20,27 +20,39 @@ def _ok(result):
     return result
 
 
-def test_killed_while_saving_with_max_keep_ckpts_1_keeps_the_previous_checkpoint(
-        tiny_cityscapes, tmp_path):
+def _slow_config(tmp_path, checkpoint_options):
     config = tmp_path / 'slow.py'
     config.write_text(f"_base_ = '{TINY}'\n"
                       "custom_imports = dict(imports=['mmcals', 'slow_save'])\n"
-                      'default_hooks = dict(checkpoint=dict(max_keep_ckpts=1))\n')
-    options = ['--work-dir', tmp_path, '--cfg-options', *cityscapes_options(tiny_cityscapes),
-               'val_dataloader.dataset.indices=1', 'train_cfg.max_iters=2',
-               'default_hooks.checkpoint.interval=1']
-    env = dict(os.environ, PYTHONPATH=osp.join(REPO, 'tests'),
-               MMCALS_TEST_SLOW_SAVE='iter_2.pth', OMP_NUM_THREADS='1')
+                      f'default_hooks = dict(checkpoint=dict({checkpoint_options}))\n')
+    return config
+
+
+def _kill_while_saving(config, options, name, work_dir):
+    """Train ``config`` and SIGKILL it once the save of ``name`` has written some bytes (to
+    ``name`` itself or to its ``.partial`` file)."""
+    env = dict(os.environ, PYTHONPATH=osp.join(REPO, 'tests'), MMCALS_TEST_SLOW_SAVE=name,
+               OMP_NUM_THREADS='1')
     process = subprocess.Popen([sys.executable, osp.join(REPO, 'tools', 'train.py'), config,
                                 *map(str, options)], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = tmp_path / 'iter_2.pth.partial'
+    watched = (work_dir / name, work_dir / f'{name}.partial')
     deadline = time.time() + 400
-    while not (partial.exists() and partial.stat().st_size > 0):
+    while not any(path.exists() and path.stat().st_size > 0 for path in watched):
         assert process.poll() is None and time.time() < deadline, 'the run ended before the save'
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def test_killed_while_saving_with_max_keep_ckpts_1_keeps_the_previous_checkpoint(
+        tiny_cityscapes, tmp_path):
+    config = _slow_config(tmp_path, 'max_keep_ckpts=1')
+    options = ['--work-dir', tmp_path, '--cfg-options', *cityscapes_options(tiny_cityscapes),
+               'val_dataloader.dataset.indices=1', 'train_cfg.max_iters=2',
+               'default_hooks.checkpoint.interval=1']
+    _kill_while_saving(config, options, 'iter_2.pth', tmp_path)
+    partial = tmp_path / 'iter_2.pth.partial'
     # Killed mid-write: the previous checkpoint is still there and named as the latest.
     assert (tmp_path / 'iter_1.pth').is_file() and not (tmp_path / 'iter_2.pth').exists()
     assert (tmp_path / 'last_checkpoint').read_text().strip() == str(tmp_path / 'iter_1.pth')
@@ -59,26 +71,11 @@ def test_killed_while_saving_with_max_keep_ckpts_1_keeps_the_previous_checkpoint
 
 
 def test_killed_while_saving_the_best_checkpoint_leaves_no_best_file(tiny_cityscapes, tmp_path):
-    config = tmp_path / 'slow_best.py'
-    config.write_text(f"_base_ = '{TINY}'\n"
-                      "custom_imports = dict(imports=['mmcals', 'slow_save'])\n"
-                      "default_hooks = dict(checkpoint=dict(save_best='mIoU'))\n")
+    config = _slow_config(tmp_path, "save_best='mIoU'")
     options = ['--work-dir', tmp_path, '--cfg-options', *cityscapes_options(tiny_cityscapes),
                'val_dataloader.dataset.indices=1', 'train_cfg.max_iters=1',
                'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1']
-    env = dict(os.environ, PYTHONPATH=osp.join(REPO, 'tests'),
-               MMCALS_TEST_SLOW_SAVE='best_mIoU_iter_1.pth', OMP_NUM_THREADS='1')
-    process = subprocess.Popen([sys.executable, osp.join(REPO, 'tools', 'train.py'), config,
-                                *map(str, options)], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    best = tmp_path / 'best_mIoU_iter_1.pth'
-    deadline = time.time() + 400
-    while not any(path.exists() and path.stat().st_size > 0
-                  for path in (best, tmp_path / 'best_mIoU_iter_1.pth.partial')):
-        assert process.poll() is None and time.time() < deadline, 'the run ended before the save'
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    _kill_while_saving(config, options, 'best_mIoU_iter_1.pth', tmp_path)
     # Killed while writing the best checkpoint: nothing named best_*.pth, the periodic
     # checkpoint before it complete.
     assert not list(tmp_path.glob('best_*.pth'))
