@@ -63,6 +63,7 @@ elif tool != 'camvid_report.py':
 FIRST_SEED_RUNS = ['ce_s0', 'cals_m10_s0', 'cals_chosen_s0']
 OTHER_SEED_RUNS = ['ce_s1', 'cals_m10_s1', 'cals_chosen_s1']
 ONE_SEED_RUNS = ['ls_s0', 'mbls_s0', 'focal_s0', 'ecp_s0', 'cals_train_m10_s0']
+ALL_TRAINED = set(FIRST_SEED_RUNS + OTHER_SEED_RUNS + ONE_SEED_RUNS)
 
 
 def _run_study(tmp_path, jobs, first_seed_done):
@@ -95,15 +96,11 @@ def _run_study(tmp_path, jobs, first_seed_done):
 
 def _max_concurrent_trainings(events):
     running = peak = 0
-    for event, run, _ in sorted((e for e in events if e[1] in _all_trained()),
+    for event, run, _ in sorted((e for e in events if e[1] in ALL_TRAINED),
                                 key=lambda e: (e[2], e[0] == 'start')):
         running += 1 if event == 'start' else -1
         peak = max(peak, running)
     return peak
-
-
-def _all_trained():
-    return set(FIRST_SEED_RUNS + OTHER_SEED_RUNS + ONE_SEED_RUNS)
 
 
 @pytest.mark.parametrize('jobs', [1, 2])
@@ -111,7 +108,7 @@ def test_never_more_than_jobs_trainings_at_once_after_skipped_runs(tmp_path, job
     events, results = _run_study(tmp_path, jobs, first_seed_done=True)
     started = [run for event, run, _ in events if event == 'start']
     expected = OTHER_SEED_RUNS + ONE_SEED_RUNS
-    assert sorted(r for r in started if r in _all_trained()) == sorted(expected)
+    assert sorted(r for r in started if r in ALL_TRAINED) == sorted(expected)
     assert _max_concurrent_trainings(events) <= jobs
     for run in expected:
         assert (results / run / 'wall_time.json').is_file(), run
@@ -130,8 +127,8 @@ def test_never_more_than_jobs_trainings_at_once_after_skipped_runs(tmp_path, job
 def test_fresh_study_runs_every_run_once_two_at_a_time(tmp_path):
     events, results = _run_study(tmp_path, 2, first_seed_done=False)
     started = [run for event, run, _ in events if event == 'start']
-    trained = [r for r in started if r in _all_trained()]
-    assert sorted(trained) == sorted(FIRST_SEED_RUNS + OTHER_SEED_RUNS + ONE_SEED_RUNS)
+    trained = [r for r in started if r in ALL_TRAINED]
+    assert sorted(trained) == sorted(ALL_TRAINED)
     assert _max_concurrent_trainings(events) <= 2
     assert started.count('logit_gaps') == 1
     margin = json.loads((results / 'margin' / 'margin.json').read_text())

@@ -125,10 +125,7 @@ class SafeCheckpointHook(CheckpointHook):
         names = {f'best_{key}_{self.filename_tmpl.format(step)}'.replace('/', '_')
                  for key in self.key_indicators}
         backend, save = self.file_backend, runner.save_checkpoint
-        outdated = []
-
-        def remove_later(path):
-            outdated.append(path)
+        outdated = []  # the previous best, whose removal mmengine asks for before the save
 
         def save_best(out_dir, filename, *args, **kwargs):
             if filename not in names:
@@ -142,7 +139,7 @@ class SafeCheckpointHook(CheckpointHook):
                         os.remove(old)
             outdated.clear()
 
-        with _replaced(backend, 'remove', remove_later), \
+        with _replaced(backend, 'remove', outdated.append), \
                 _replaced(runner, 'save_checkpoint', save_best):
             super()._save_best_checkpoint(runner, metrics)
 
