@@ -12,10 +12,13 @@ every side): the last lines print ``all metrics / IoUMetric`` (target <= 1.5) an
 
 Each metric runs in its own process, so that peak memory (ru_maxrss above the level reached
 after the inputs were made; on CUDA the allocator's peak above what was allocated) is its
-own. Time is wall-clock time (CUDA-synchronised) of ``process`` (``update`` for
-torchmetrics) per image, on the logits mmseg would hand over: a float32 ``(C, H, W)`` tensor,
-labels with 10% ignored pixels (the bottom rows, like Cityscapes' ego vehicle) and, for
-IoUMetric, the argmax prediction made beforehand (as the model does). State is the size of
+own. The processes take turns image by image (the order rotating from image to image), so
+that a change in the machine's speed during the run, common on shared or virtual machines,
+hits every metric alike instead of whichever ran at that moment. Time is wall-clock time
+(CUDA-synchronised) of ``process`` (``update`` for torchmetrics) per image, on the logits
+mmseg would hand over: a float32 ``(C, H, W)`` tensor, labels with 10% ignored pixels (the
+bottom rows, like Cityscapes' ego vehicle) and, for IoUMetric, the argmax prediction made
+beforehand (as the model does); making an image is not timed. State is the size of
 what each metric holds after the last image, pickled (what mmengine would collect).
 
 ``--logits seglike`` (default): noise plus a margin of 0..12 on one class, which is the label
@@ -30,6 +33,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -91,108 +95,177 @@ class Stream:
         self.labels[-self.ignored:] = 255
 
 
-def run_worker(args) -> dict:
-    method = args.worker
-    torch.set_num_threads(args.threads)
-    device = torch.device(getattr(args, 'device', 'cpu'))
-    cuda = device.type == 'cuda'
-    stream = Stream(args)
-    classes = [str(k) for k in range(args.classes)]
-    if method.startswith('ours'):
-        import mmcals  # noqa: F401  (registers the metric)
-        from mmcals.evaluation import PixelCalibrationMetric
-        metric = PixelCalibrationMetric(top_label_only=method == 'ours_top_label')
-        metric.dataset_meta = dict(classes=classes)
-    elif method == 'iou':
-        from mmseg.evaluation import IoUMetric
-        metric = IoUMetric()
-        metric.dataset_meta = dict(classes=classes)
-        pred = torch.empty(1, *args.size, dtype=torch.int64, device=device)
-    else:
-        from torchmetrics.classification import MulticlassCalibrationError
-        metric = MulticlassCalibrationError(num_classes=args.classes, n_bins=15, norm='l1',
-                                            ignore_index=255).to(device)
+class Worker:
+    """One metric on its own stream of images: ``step(index)`` times one image, ``finish()``
+    gives the results."""
 
-    def sample():
-        data = dict(seg_logits=dict(data=stream.logits),
-                    gt_sem_seg=dict(data=stream.labels[None]))
-        if method == 'iou':
-            data['pred_sem_seg'] = dict(data=pred)
+    def __init__(self, args):
+        self.args = args
+        self.method = method = args.worker
+        torch.set_num_threads(args.threads)
+        self.device = device = torch.device(getattr(args, 'device', 'cpu'))
+        self.cuda = device.type == 'cuda'
+        self.stream = Stream(args)
+        classes = [str(k) for k in range(args.classes)]
+        self.pred = None
+        if method.startswith('ours'):
+            import mmcals  # noqa: F401  (registers the metric)
+            from mmcals.evaluation import PixelCalibrationMetric
+            self.metric = PixelCalibrationMetric(top_label_only=method == 'ours_top_label')
+            self.metric.dataset_meta = dict(classes=classes)
+        elif method == 'iou':
+            from mmseg.evaluation import IoUMetric
+            self.metric = IoUMetric()
+            self.metric.dataset_meta = dict(classes=classes)
+            self.pred = torch.empty(1, *args.size, dtype=torch.int64, device=device)
+        else:
+            from torchmetrics.classification import MulticlassCalibrationError
+            self.metric = MulticlassCalibrationError(num_classes=args.classes, n_bins=15,
+                                                     norm='l1', ignore_index=255).to(device)
+        self._fill(0)
+        if self.cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+        else:
+            self.base = max_rss_mib()
+        self.times, self.cpu_times = [], []
+
+    def _fill(self, index: int) -> None:
+        self.stream.fill(index)
+        if self.pred is not None:
+            torch.argmax(self.stream.logits, 0, keepdim=True, out=self.pred)
+
+    def _sample(self) -> dict:
+        data = dict(seg_logits=dict(data=self.stream.logits),
+                    gt_sem_seg=dict(data=self.stream.labels[None]))
+        if self.pred is not None:
+            data['pred_sem_seg'] = dict(data=self.pred)
         return data
 
-    stream.fill(0)
-    if method == 'iou':
-        torch.argmax(stream.logits, 0, keepdim=True, out=pred)
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = max_rss_mib()
-    times, cpu_times = [], []
-    for index in range(args.images):
+    def step(self, index: int) -> tuple:
+        """Image ``index`` (made first, untimed): its wall-clock and process CPU time."""
         if index:
-            stream.fill(index)
-            if method == 'iou':
-                torch.argmax(stream.logits, 0, keepdim=True, out=pred)
-        if cuda:
-            torch.cuda.synchronize(device)
+            self._fill(index)
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
         start, cpu_start = time.perf_counter(), time.process_time()
-        if method == 'torchmetrics':
-            metric.update(stream.logits[None], stream.labels[None])
+        if self.method == 'torchmetrics':
+            self.metric.update(self.stream.logits[None], self.stream.labels[None])
         else:
-            metric.process({}, [sample()])
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    if cuda:
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    else:
-        peak = max_rss_mib() - base
-    if method == 'torchmetrics':
-        state = len(pickle.dumps([metric.confidences, metric.accuracies]))
-    elif method.startswith('ours'):
-        state = len(pickle.dumps(metric.results))
-    else:
-        state = len(pickle.dumps(metric.results))
-    start = time.perf_counter()
-    if method == 'torchmetrics':
-        value = 100 * float(metric.compute())
-    else:
-        value = metric.evaluate(args.images).get('ECE', float('nan'))
-    compute = time.perf_counter() - start
-    result = dict(method=method, mean=statistics.mean(times), median=statistics.median(times),
-                  cpu_median=statistics.median(cpu_times), first=times[0], peak_mib=peak,
-                  state_bytes=state, compute_s=compute, ece=value,
-                  threads=torch.get_num_threads())
-    if method == 'torchmetrics':
-        # torchmetrics sums the bins in float32: redo its computation on its own state in
-        # float64 to show how much of a difference that makes at this scale.
-        from torchmetrics.functional.classification.calibration_error import _ce_compute
-        conf = torch.cat(metric.confidences).double()
-        acc = torch.cat(metric.accuracies).double()
-        result['ece_float64'] = 100 * float(_ce_compute(conf, acc, 15, norm='l1'))
-    return result
+            self.metric.process({}, [self._sample()])
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self.times.append(time.perf_counter() - start)
+        self.cpu_times.append(time.process_time() - cpu_start)
+        return self.times[-1], self.cpu_times[-1]
+
+    def finish(self) -> dict:
+        method, metric, times = self.method, self.metric, self.times
+        if self.cuda:
+            peak = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2 ** 20
+        else:
+            peak = max_rss_mib() - self.base
+        if method == 'torchmetrics':
+            state = len(pickle.dumps([metric.confidences, metric.accuracies]))
+        else:
+            state = len(pickle.dumps(metric.results))
+        start = time.perf_counter()
+        if method == 'torchmetrics':
+            value = 100 * float(metric.compute())
+        else:
+            value = metric.evaluate(len(times)).get('ECE', float('nan'))
+        compute = time.perf_counter() - start
+        result = dict(method=method, mean=statistics.mean(times),
+                      median=statistics.median(times), times=times,
+                      cpu_median=statistics.median(self.cpu_times), first=times[0],
+                      peak_mib=peak, state_bytes=state, compute_s=compute, ece=value,
+                      threads=torch.get_num_threads())
+        if method == 'torchmetrics':
+            # torchmetrics sums the bins in float32: redo its computation on its own state in
+            # float64 to show how much of a difference that makes at this scale.
+            from torchmetrics.functional.classification.calibration_error import _ce_compute
+            conf = torch.cat(metric.confidences).double()
+            acc = torch.cat(metric.accuracies).double()
+            result['ece_float64'] = 100 * float(_ce_compute(conf, acc, 15, norm='l1'))
+        return result
 
 
-def main():
-    args = parse_args()
-    if args.worker:
-        print(json.dumps(run_worker(args)))
-        return
-    load = os.getloadavg()
-    results = {}
+def run_worker(args) -> dict:
+    """All images of one metric in this process, one after the other."""
+    worker = Worker(args)
+    for index in range(args.images):
+        worker.step(index)
+    return worker.finish()
+
+
+REPLY = '@bench-reply'
+
+
+def serve(args) -> None:
+    """Worker process: set up, then one line in, one line out (``step I`` or ``finish``)."""
+    worker = Worker(args)
+    print(REPLY, 'null', flush=True)  # ready
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == 'step':
+            print(REPLY, json.dumps(worker.step(int(command[1]))), flush=True)
+        else:
+            print(REPLY, json.dumps(worker.finish()), flush=True)
+            return
+
+
+def interleaved(args) -> dict:
+    """One process per metric, all started first; then image by image, each metric in turn
+    (the order rotating), so that a change of the machine's speed hits every metric alike."""
+    workers, logs = {}, {}
     for method in METHODS:
         command = [sys.executable, __file__, '--worker', method, '--images', str(args.images),
                    '--size', *map(str, args.size), '--classes', str(args.classes),
                    '--logits', args.logits, '--threads', str(args.threads),
                    '--device', args.device]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode:
-            sys.exit(f'{method} failed:\n{done.stderr[-3000:]}')
-        results[method] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f'{NAMES[method]:42s} done', file=sys.stderr)
+        logs[method] = tempfile.TemporaryFile('w+')
+        workers[method] = subprocess.Popen(command, stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=logs[method],
+                                           text=True, bufsize=1)
+
+    def reply(method: str):
+        for line in workers[method].stdout:  # the libraries may print too: skip their lines
+            if line.startswith(REPLY + ' '):
+                return json.loads(line[len(REPLY) + 1:])
+        workers[method].wait()
+        logs[method].seek(0)
+        sys.exit(f'{method} failed (exit code {workers[method].returncode}):\n'
+                 f'{logs[method].read()[-3000:]}')
+
+    try:
+        for method in METHODS:
+            reply(method)  # ready
+        for index in range(args.images):
+            shift = index % len(METHODS)
+            for method in METHODS[shift:] + METHODS[:shift]:
+                workers[method].stdin.write(f'step {index}\n')
+                reply(method)
+        results = {}
+        for method in METHODS:
+            workers[method].stdin.write('finish\n')
+            results[method] = reply(method)
+            workers[method].wait()
+        return results
+    finally:
+        for method, worker in workers.items():
+            if worker.poll() is None:
+                worker.kill()
+            logs[method].close()
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        serve(args)
+        return
+    load = os.getloadavg()
+    results = interleaved(args)
     height, width = args.size
     print(f'{args.images} images, {args.classes}x{height}x{width} float32 logits '
           f'({args.logits}), torch threads {results["iou"]["threads"]}, load average '
@@ -215,6 +288,13 @@ def main():
           f'state after {args.images} images: {ours["state_bytes"] / 1e6:.3f} MB '
           '(target < 1 MB), torchmetrics '
           f'{tm["state_bytes"] / 2 ** 20:.0f} MiB')
+    # The same image, one metric right after the other: the spread of these says how far
+    # the machine's speed moved the ratio lines above.
+    for name, r in (('all metrics', ours), ('top-label only', top)):
+        each = sorted(a / b for a, b in zip(r['times'][1:], iou['times'][1:]))
+        if each:
+            print(f'{name} / IoUMetric image by image (first image left out): median '
+                  f'{statistics.median(each):.2f}, range {each[0]:.2f}-{each[-1]:.2f}')
     # Process CPU time is what a busy machine blurs least; with --threads 1 it is also free
     # of OpenMP's spinning.
     print('ratios (per-image median CPU time of the process): '
