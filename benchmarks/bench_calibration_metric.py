@@ -100,7 +100,6 @@ class Worker:
     gives the results."""
 
     def __init__(self, args):
-        self.args = args
         self.method = method = args.worker
         torch.set_num_threads(args.threads)
         self.device = device = torch.device(getattr(args, 'device', 'cpu'))
@@ -143,8 +142,8 @@ class Worker:
             data['pred_sem_seg'] = dict(data=self.pred)
         return data
 
-    def step(self, index: int) -> tuple:
-        """Image ``index`` (made first, untimed): its wall-clock and process CPU time."""
+    def step(self, index: int) -> None:
+        """Time image ``index`` (made first, untimed)."""
         if index:
             self._fill(index)
         if self.cuda:
@@ -158,7 +157,6 @@ class Worker:
             torch.cuda.synchronize(self.device)
         self.times.append(time.perf_counter() - start)
         self.cpu_times.append(time.process_time() - cpu_start)
-        return self.times[-1], self.cpu_times[-1]
 
     def finish(self) -> dict:
         method, metric, times = self.method, self.metric, self.times
@@ -209,7 +207,8 @@ def serve(args) -> None:
     for line in sys.stdin:
         command = line.split()
         if command[0] == 'step':
-            print(REPLY, json.dumps(worker.step(int(command[1]))), flush=True)
+            worker.step(int(command[1]))
+            print(REPLY, 'null', flush=True)  # done
         else:
             print(REPLY, json.dumps(worker.finish()), flush=True)
             return

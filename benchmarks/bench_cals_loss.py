@@ -41,6 +41,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmcals  # noqa: F401  (registers CALSLoss, applies stack fixes)
 from mmcals.losses import CALSLoss, _cals_kernel
 from mmcals.losses import cals as cals_module
+from mmcals.losses.logit_gaps import GAP_BIN_WIDTH, GAP_NUM_BINS
 
 MIB = 1 << 20
 
@@ -214,14 +215,12 @@ def statistics_benchmark(size, repeat, device):
 def _gap_bins(logits):
     """(N, C, P) int16 bin of each gap ``d = z_a - z`` (the winner's own included: the pass
     counts it too and subtracts it after)."""
-    from mmcals.losses.logit_gaps import GAP_BIN_WIDTH, GAP_NUM_BINS
     z = logits.flatten(2)
     d = (z.amax(1, keepdim=True) - z).mul_(1.0 / GAP_BIN_WIDTH).clamp_max_(GAP_NUM_BINS - 1)
     return d.to(torch.int16)
 
 
 def _histogram_alone(bins):
-    from mmcals.losses.logit_gaps import GAP_NUM_BINS
     num, num_classes, num_pixels = bins.shape
     chunk = _cals_kernel._chunk_pixels(bins)
     for n in range(num):
