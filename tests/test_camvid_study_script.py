@@ -12,6 +12,7 @@ import os.path as osp
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -37,11 +38,24 @@ tool = os.path.basename(args[0])
 if tool == 'train.py':
     work = opt('--work-dir')
     run = os.path.basename(os.path.dirname(work))
+    first = 0
+    if '--resume' in args:  # as mmengine: from the checkpoint last_checkpoint names
+        with open(os.path.join(work, 'last_checkpoint')) as f:
+            first = int(os.path.basename(f.read().strip())[5:-4])
+        log('resume', run)
     log('start', run)
     time.sleep(0.3)
-    iters = [a for a in args if a.startswith('train_cfg.max_iters=')][-1].split('=')[1]
-    write(os.path.join(work, 'iter_%s.pth' % iters), {{}})
-    write(os.path.join(work, '20260101_000000', 'vis_data', 'scalars.json'), {{}})
+    iters = int([a for a in args if a.startswith('train_cfg.max_iters=')][-1].split('=')[1])
+    write(os.path.join(work, 'iter_%d.pth' % iters), {{}})
+    with open(os.path.join(work, 'last_checkpoint'), 'w') as f:
+        f.write(os.path.join(work, 'iter_%d.pth' % iters))
+    stamp = '20260101_%06d' % len(os.listdir(work))  # a new folder per start
+    scalars = os.path.join(work, stamp, 'vis_data', 'scalars.json')
+    os.makedirs(os.path.dirname(scalars))
+    with open(scalars, 'w') as f:
+        for step in range(first + 1, iters + 1):
+            f.write(json.dumps({{'loss': 1.0, 'segment': stamp, 'step': step}}) + '\\n')
+        f.write(json.dumps({{'mIoU': 50.0, 'segment': stamp, 'step': iters}}) + '\\n')
     log('end', run)
 elif tool == 'test.py':
     work = opt('--work-dir')
@@ -66,7 +80,7 @@ ONE_SEED_RUNS = ['ls_s0', 'mbls_s0', 'focal_s0', 'ecp_s0', 'cals_train_m10_s0']
 ALL_TRAINED = set(FIRST_SEED_RUNS + OTHER_SEED_RUNS + ONE_SEED_RUNS)
 
 
-def _run_study(tmp_path, jobs, first_seed_done):
+def _run_study(tmp_path, jobs, first_seed_done, before=None):
     camvid = tmp_path / 'camvid'
     for d in ('train', 'val', 'valannot'):
         (camvid / d).mkdir(parents=True)
@@ -83,6 +97,8 @@ def _run_study(tmp_path, jobs, first_seed_done):
         (results / 'ce_ts_s0' / 'temperature_scaling.json').write_text('{}')
         (results / 'margin').mkdir()
         (results / 'margin' / 'margin.json').write_text(json.dumps({'margin': 12.3}))
+    if before is not None:
+        before(tmp_path / 'out')
     log = tmp_path / 'events.jsonl'
     env = dict(os.environ, PYTHON=str(fake), FAKE_LOG=str(log), CAMVID_ROOT=str(camvid),
                ITERS='8', SEEDS='0 1', JOBS=str(jobs), OUT=str(tmp_path / 'out'),
@@ -136,3 +152,59 @@ def test_fresh_study_runs_every_run_once_two_at_a_time(tmp_path):
     # the chosen-margin runs start only after the margin was measured
     assert started.index('logit_gaps') < started.index('cals_chosen_s0')
     assert started.index('logit_gaps') < started.index('cals_chosen_s1')
+
+
+def _stopped_run(out, run, checkpoint_iter, started_ago, saved_ago):
+    """The work dir of a run whose training was stopped after writing ``iter_<N>.pth``."""
+    train = out / run / 'train'
+    old = train / '20250101_000000' / 'vis_data'
+    old.mkdir(parents=True)
+    # it had logged beyond its checkpoint: those entries are redone by the resumed segment
+    old.joinpath('scalars.json').write_text(''.join(
+        json.dumps({'loss': 2.0, 'segment': 'stopped', 'step': step}) + '\n'
+        for step in range(1, checkpoint_iter + 3)))
+    checkpoint = train / f'iter_{checkpoint_iter}.pth'
+    checkpoint.write_text('{}')
+    (train / 'last_checkpoint').write_text(str(checkpoint))
+    now = int(time.time())
+    os.utime(checkpoint, (now - saved_ago, now - saved_ago))
+    (out / run / 'segments').write_text(f'{now - started_ago} 0\n')
+    (out / f'{run}.train.log').write_text('the stopped segment\n')
+
+
+def test_stopped_runs_resume_from_their_checkpoint(tmp_path):
+    """A run stopped mid-training resumes (``--resume``) and is not started afresh; one stopped
+    after its training only runs its test. Its scalars are those of both segments, and its
+    wall time counts the stopped segment up to the checkpoint it resumed from."""
+    def stop_two_runs(out):
+        _stopped_run(out, 'ce_s1', 4, started_ago=100, saved_ago=40)
+        _stopped_run(out, 'cals_m10_s1', 8, started_ago=300, saved_ago=100)
+
+    events, results = _run_study(tmp_path, 2, first_seed_done=True, before=stop_two_runs)
+    started = [run for event, run, _ in events if event == 'start']
+    resumed = [run for event, run, _ in events if event == 'resume']
+    assert resumed == ['ce_s1']
+    assert 'cals_m10_s1' not in started  # trained to the end already: only tested
+    assert sorted(r for r in started if r in ALL_TRAINED) == sorted(
+        set(OTHER_SEED_RUNS + ONE_SEED_RUNS) - {'cals_m10_s1'})
+
+    rows = [json.loads(line) for line in
+            (results / 'ce_s1' / 'train_scalars.json').read_text().splitlines()]
+    train_rows = [r for r in rows if 'loss' in r]
+    assert [r['step'] for r in train_rows] == list(range(1, 9))
+    assert {r['segment'] for r in train_rows[:4]} == {'stopped'}
+    assert 'stopped' not in {r['segment'] for r in train_rows[4:]}
+    assert [r['step'] for r in rows if 'mIoU' in r] == [8]
+
+    wall = json.loads((results / 'ce_s1' / 'wall_time.json').read_text())
+    first, second = wall['segments']
+    assert (first['from_iter'], first['to_iter'], first['seconds']) == (0, 4, 60)
+    assert (second['from_iter'], second['to_iter']) == (4, 8)
+    assert 0 <= second['seconds'] < 60
+    assert wall['train_and_test_seconds'] == first['seconds'] + second['seconds']
+    log = (results / 'ce_s1' / 'train.log').read_text()
+    assert log.startswith('the stopped segment\n== resumed from iteration 4\n')
+
+    wall = json.loads((results / 'cals_m10_s1' / 'wall_time.json').read_text())
+    assert [(s['from_iter'], s['to_iter']) for s in wall['segments']] == [(0, 8), (8, 8)]
+    assert wall['segments'][0]['seconds'] == 200

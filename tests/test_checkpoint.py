@@ -119,3 +119,60 @@ def test_fit_to_model_names_the_first_offending_keys():
     assert len(logged) == 1 and '0.weight' in logged[0] and '1.running_var' in logged[0]
     exact = fit_to_model(model, {'state_dict': model.state_dict()}, 'same.pth', False)
     assert exact.keys() == model.state_dict().keys()
+
+
+class _Runner:
+    """What SafeCheckpointHook's generator handling reads of a runner."""
+
+    def __init__(self, iteration):
+        self.iter = iteration
+        self.train_loop = None
+        self.warnings = []
+        self.logger = type('Logger', (), {'warning': lambda _, msg: self.warnings.append(msg)})()
+
+
+def _hook_with_loaded(state_list, iteration):
+    from mmcals.hooks import SafeCheckpointHook
+    hook = SafeCheckpointHook(interval=1)
+    hook.after_load_checkpoint(None, {'rng_state': state_list, 'meta': {'iter': iteration}})
+    return hook
+
+
+def test_generators_are_taken_from_a_resumed_checkpoint_only():
+    torch.manual_seed(1)
+    saved = {'cpu': torch.get_rng_state()}
+    expected = torch.rand(3)
+    # A resume: the runner stands at the checkpoint's iteration.
+    hook = _hook_with_loaded([saved], 7)
+    torch.manual_seed(2)
+    hook.before_train_iter(_Runner(7), 0)
+    assert torch.equal(torch.rand(3), expected)
+    # load_from: the runner starts at 0, the generators stay as they are.
+    hook = _hook_with_loaded([saved], 7)
+    torch.manual_seed(2)
+    fresh = torch.get_rng_state()
+    hook.before_train_iter(_Runner(0), 0)
+    assert torch.equal(torch.get_rng_state(), fresh)
+
+
+def test_generators_of_another_number_of_ranks_are_left_with_a_warning():
+    torch.manual_seed(1)
+    saved = {'cpu': torch.get_rng_state()}
+    hook = _hook_with_loaded([saved, saved], 7)
+    torch.manual_seed(2)
+    fresh = torch.get_rng_state()
+    runner = _Runner(7)
+    hook.before_train_iter(runner, 0)
+    assert torch.equal(torch.get_rng_state(), fresh)
+    assert len(runner.warnings) == 1 and 'of 2 ranks and this run has 1' in runner.warnings[0]
+
+
+def test_a_validation_gives_the_generators_back_as_it_found_them():
+    from mmcals.hooks import SafeCheckpointHook
+    hook = SafeCheckpointHook(interval=1)
+    torch.manual_seed(3)
+    expected = torch.get_rng_state()
+    hook.before_val(None)
+    torch.rand(10)  # a data loader starting, say
+    hook.after_val(None)
+    assert torch.equal(torch.get_rng_state(), expected)

@@ -312,6 +312,29 @@ def test_resume_continues_with_bit_identical_multipliers_and_losses(val_run, tin
         assert json.load(a) == json.load(b)
 
 
+# Dropout draws from torch's generator, and mmengine itself draws from it when it starts a
+# data loader (the validation's, and the training's again on resuming); data in a worker.
+DROPOUT = ['model.decode_head.dropout_ratio=0.5', 'model.auxiliary_head.dropout_ratio=0.5',
+           'train_dataloader.num_workers=1']
+
+
+def test_resume_with_dropout_is_bit_identical(tiny_cityscapes, tmp_path):
+    """The checkpoint carries the generators' state (SafeCheckpointHook) and a validation
+    leaves it as it was: resumed from iter_2.pth, a run with dropout ends with the weights and
+    losses of the uninterrupted run (mmengine alone gives other dropout masks after a resume)."""
+    whole, resumed = tmp_path / 'whole', tmp_path / 'resumed'
+    train(whole, tiny_cityscapes, *MOVING, *DROPOUT)
+    train(resumed, tiny_cityscapes, *MOVING, *DROPOUT,
+          extra=('--resume', str(whole / 'iter_2.pth')))
+    a, b = checkpoint_state(whole / 'iter_4.pth'), checkpoint_state(resumed / 'iter_4.pth')
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    losses = {row['step']: row['loss'] for row in scalars(whole) if 'loss' in row}
+    again = {row['step']: row['loss'] for row in scalars(resumed) if 'loss' in row}
+    assert again.keys() == {3, 4} and all(again[step] == losses[step] for step in (3, 4))
+
+
 def test_train_source_updates_every_interval_and_resumes_its_pending_sums(tiny_cityscapes,
                                                                           tmp_path):
     config = tmp_path / 'train_source.py'

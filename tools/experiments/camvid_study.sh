@@ -31,12 +31,21 @@
 # copied to RESULTS/<run>/ and, with COMMIT=1, committed at once, so a study that stops loses
 # only the runs in flight. A run whose RESULTS/<run>/ is complete is skipped, and the tables
 # and figures are regenerated from RESULTS alone (TABLES_ONLY=1 does only that).
+#
+# A run stopped mid-way (the machine or the session went away) resumes: every run keeps a
+# checkpoint every CKPT_INTERVAL iterations (default 1000; the tools write them atomically and
+# resume bit-identically, README "Training"), and when the script starts it again it passes
+# --resume, so it loses at most CKPT_INTERVAL iterations. Its wall time is the sum of its
+# segments, each counted up to the checkpoint the next one resumed from (the work after it was
+# redone, and is not counted twice); a resumed segment includes mmengine's pass over the
+# batches already trained. wall_time.json lists the segments.
 set -euo pipefail
 
 ITERS=${ITERS:-4000}
 SEEDS=${SEEDS:-"0 1 2"}
 VAL_INTERVAL=${VAL_INTERVAL:-250}     # CE curves and CALS updates: ITERS / VAL_INTERVAL of them
 JOBS=${JOBS:-2}
+CKPT_INTERVAL=${CKPT_INTERVAL:-1000}  # a stopped run resumes from its last checkpoint
 OUT=${OUT:-work_dirs/camvid_study_4k}
 RESULTS=${RESULTS:-docs/results/camvid_4k}
 COMMIT=${COMMIT:-0}
@@ -64,7 +73,8 @@ mkdir -p "$OUT" "$RESULTS"
 
 COMMON=(
   "train_cfg.max_iters=$ITERS" "param_scheduler.0.end=$ITERS"
-  "default_hooks.checkpoint.interval=$ITERS" "default_hooks.logger.interval=50"
+  "default_hooks.checkpoint.interval=$CKPT_INTERVAL" "default_hooks.checkpoint.max_keep_ckpts=1"
+  "default_hooks.logger.interval=50"
   "train_dataloader.num_workers=1" "val_dataloader.num_workers=1"
   "val_dataloader.persistent_workers=False" "test_dataloader.num_workers=1"
   "train_dataloader.dataset.exclude_sequences=[$CALIBRATION_SEQUENCE]"
@@ -90,36 +100,85 @@ commit() {  # commit RUN: the run's results, alone, under a lock shared by paral
     git commit -q -m 'CamVid study: $1' -- '$RESULTS/$1'" || echo "== commit of $1 failed" >&2
 }
 
-collect() {  # collect RUN SECONDS: copy the small results of a finished run into RESULTS/RUN
+collect() {  # collect RUN: copy the small results of a finished run into RESULTS/RUN
   local run=$1 dir="$OUT/$1" res="$RESULTS/$1" tmp
   tmp="$RESULTS/.$run.partial"
   rm -rf "$tmp" && mkdir -p "$tmp"
   cp "$(ls -t "$dir"/test/*/calibration/calibration.json | head -1)" "$tmp/calibration.json"
   local ts; ts=$(ls -t "$dir"/test/*/*.json | grep -v calibration | head -1)
   cp "$ts" "$tmp/test_metrics.json"
-  cp "$(ls -t "$dir"/train/*/vis_data/scalars.json | head -1)" "$tmp/train_scalars.json"
   [ ! -f "$dir/train/cals_history.json" ] || cp "$dir/train/cals_history.json" "$tmp/"
   cp "$dir.train.log" "$tmp/train.log"
-  printf '{"run": "%s", "train_and_test_seconds": %s, "iters": %s}\n' "$run" "$2" "$ITERS" \
-    > "$tmp/wall_time.json"
+  # The training scalars of every segment, oldest first (mmengine starts a timestamped folder
+  # per start); an entry that a later segment logged again (after the checkpoint it resumed
+  # from) is taken from the later one. And the wall time, from the segments.
+  "$PYTHON" - "$dir" "$tmp" "$run" "$ITERS" "$(date +%s)" <<'PY'
+import glob, json, os, sys
+run_dir, out, run, iters, now = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+entries = {}
+for path in sorted(glob.glob(os.path.join(run_dir, 'train', '*', 'vis_data', 'scalars.json'))):
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                entries[('loss' in row, row.get('step'))] = row  # later segments win
+rows = sorted(entries.values(), key=lambda r: (r.get('step', 0), 'loss' not in r))
+with open(os.path.join(out, 'train_scalars.json'), 'w') as f:
+    f.writelines(json.dumps(row) + '\n' for row in rows)
+segments = []
+with open(os.path.join(run_dir, 'segments')) as f:
+    for line in f:
+        start, first, end, last = (line.split() + ['', ''])[:4]
+        segments.append({'from_iter': int(first), 'seconds': (int(end) if end else now) - int(start),
+                         'to_iter': int(last) if last else iters})
+json.dump({'run': run, 'train_and_test_seconds': sum(s['seconds'] for s in segments),
+           'iters': iters, 'segments': segments}, open(os.path.join(out, 'wall_time.json'), 'w'))
+PY
   rm -rf "$res" && mv "$tmp" "$res"
+}
+
+checkpoint_iter() {  # checkpoint_iter TRAIN_DIR: iteration of the checkpoint a resume takes, or nothing
+  local pointer="$1/last_checkpoint" path
+  [ -f "$pointer" ] || return 0
+  path=$(cat "$pointer")
+  [ -f "$path" ] || return 0
+  basename "$path" .pth | sed -n 's/^iter_\([0-9]*\)$/\1/p'
 }
 
 train_and_test() {  # train_and_test RUN CONFIG SEED EXTRA_OPTIONS...
   local run=$1 config=$2 seed=$3 dir="$OUT/$1" start
   shift 3
+  local resumed_at previous saved
   [ ! -f "$RESULTS/$run/wall_time.json" ] || { echo "== skip $run (results exist)"; return 0; }
   start=$(date +%s)
-  echo "== $(date -u +%H:%M:%S) train $run"
-  rm -rf "$dir"
-  "$PYTHON" tools/train.py "$config" --work-dir "$dir/train" \
-    --cfg-options "${COMMON[@]}" "randomness.seed=$seed" "$@" > "$dir.train.log" 2>&1 \
-    || { echo "== $run: training failed, see $dir.train.log" >&2; return 1; }
+  resumed_at=$(checkpoint_iter "$dir/train")
+  if [ -n "$resumed_at" ] && [ -f "$dir/segments" ]; then
+    # A stopped run: its last segment counts up to the checkpoint this one resumes from (and
+    # not at all if it wrote none: its work is all redone).
+    previous=$(tail -1 "$dir/segments")
+    saved=$(stat -c %Y "$(cat "$dir/train/last_checkpoint")")
+    sed -i '$d' "$dir/segments"
+    [ "$saved" -lt "${previous%% *}" ] || echo "$previous $saved $resumed_at" >> "$dir/segments"
+    echo "$start $resumed_at" >> "$dir/segments"
+    echo "== $(date -u +%H:%M:%S) resume $run from iteration $resumed_at"
+    echo "== resumed from iteration $resumed_at" >> "$dir.train.log"
+  else
+    resumed_at=
+    rm -rf "$dir" "$dir.train.log"
+    mkdir -p "$dir"
+    echo "$start 0" > "$dir/segments"
+    echo "== $(date -u +%H:%M:%S) train $run"
+  fi
+  if [ "$resumed_at" != "$ITERS" ]; then
+    "$PYTHON" tools/train.py "$config" --work-dir "$dir/train" ${resumed_at:+--resume} \
+      --cfg-options "${COMMON[@]}" "randomness.seed=$seed" "$@" >> "$dir.train.log" 2>&1 \
+      || { echo "== $run: training failed, see $dir.train.log" >&2; return 1; }
+  fi
   echo "== $(date -u +%H:%M:%S) test $run"
   "$PYTHON" tools/test.py "$config" "$dir/train/iter_$ITERS.pth" --work-dir "$dir/test" \
     --cfg-options "${COMMON[@]}" > "$dir.test.log" 2>&1 \
     || { echo "== $run: test failed, see $dir.test.log" >&2; return 1; }
-  collect "$run" "$(( $(date +%s) - start ))"
+  collect "$run"
   commit "$run"
   echo "== $(date -u +%H:%M:%S) done $run"
 }
