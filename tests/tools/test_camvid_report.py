@@ -61,6 +61,12 @@ def results(tmp_path):
         _run_folder(root, f'ce_s{seed}', sharp, seed, miou)
         _run_folder(root, f'cals_m10_s{seed}', sharp * 1.01, seed, miou + 0.5, cals=True)
     _run_folder(root, 'ls_s0', 0.5, 0, 30.0)
+    # LS was stopped twice and resumed (tools/experiments/camvid_study.sh): three segments
+    _dump(osp.join(root, 'ls_s0', 'wall_time.json'), {
+        'run': 'ls_s0', 'train_and_test_seconds': 600, 'segments': [
+            {'from_iter': 0, 'to_iter': 250, 'seconds': 100},
+            {'from_iter': 250, 'to_iter': 750, 'seconds': 200},
+            {'from_iter': 750, 'to_iter': 1000, 'seconds': 300}]})
     _dump(osp.join(root, 'margin', 'margin.json'), {'margin': 9.0})
     return root
 
@@ -105,6 +111,10 @@ def test_tables_and_figures_from_the_results_alone(results, tmp_path):
     # Convergence: the last quarter (iterations >= 750) of CE s0's mIoU: 40-1000/750 .. 40-1.
     conv = open(osp.join(out, 'convergence.md')).read()
     assert f'{(1000 / 750 - 1):.2f} points' in conv
+    # Wall times: a resumed run says where it resumed; the total adds every run.
+    wall = _rows(open(osp.join(out, 'wall_times.md')).read())
+    assert wall['ls_s0'] == ['10.0', '250, 750'] and wall['ce_s0'] == ['2.0', '']
+    assert wall['all (run two at a time)'][0] == f'{(6 * 120 + 600) / 60:.1f}'
 
 
 def test_no_results_is_one_line_error(tmp_path):
