@@ -208,3 +208,38 @@ def test_stopped_runs_resume_from_their_checkpoint(tmp_path):
     wall = json.loads((results / 'cals_m10_s1' / 'wall_time.json').read_text())
     assert [(s['from_iter'], s['to_iter']) for s in wall['segments']] == [(0, 8), (8, 8)]
     assert wall['segments'][0]['seconds'] == 200
+
+
+def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
+    """While a study (or runs it started) is going on in OUT, another start there would train
+    the runs in flight a second time: it stops at once, with one line, exit code 2."""
+    camvid = tmp_path / 'camvid'
+    for d in ('train', 'val', 'valannot'):
+        (camvid / d).mkdir(parents=True)
+    (camvid / 'val.txt').write_text('')
+    fake = tmp_path / 'python'
+    fake.write_text(FAKE.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / 'events.jsonl'
+    env = dict(os.environ, PYTHON=str(fake), FAKE_LOG=str(log), CAMVID_ROOT=str(camvid),
+               ITERS='8', SEEDS='0', JOBS='1', OUT=str(tmp_path / 'out'),
+               RESULTS=str(tmp_path / 'results'), COMMIT='0')
+    first = subprocess.Popen(['bash', SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(['bash', SCRIPT], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=60)
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f'camvid_study.sh: another study is running in {tmp_path / "out"} (or its runs still '
+        'are); wait for it, or stop it first']
+    assert first.returncode == 0, out + err
+    # and once the first has ended, the folder is free again (every run is skipped)
+    again = subprocess.run(['bash', SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 0 and 'skip ce_s0' in again.stdout

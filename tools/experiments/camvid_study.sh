@@ -70,6 +70,16 @@ done
   echo "camvid_study.sh: $REPORT_ROOT/$REPORT_SPLIT.txt not found (the report split's list)" >&2
   exit 2; }
 mkdir -p "$OUT" "$RESULTS"
+# One study per OUT: a second one would start the runs in flight again. The lock goes with
+# the runs (their processes inherit it), so a study whose script was stopped while its runs
+# finish also counts as running.
+if [ "$TABLES_ONLY" != 1 ]; then
+  exec 9> "$OUT/.study.lock"
+  flock -n 9 || {
+    echo "camvid_study.sh: another study is running in $OUT (or its runs still are);" \
+      "wait for it, or stop it first" >&2
+    exit 2; }
+fi
 
 COMMON=(
   "train_cfg.max_iters=$ITERS" "param_scheduler.0.end=$ITERS"
