@@ -80,7 +80,8 @@ ONE_SEED_RUNS = ['ls_s0', 'mbls_s0', 'focal_s0', 'ecp_s0', 'cals_train_m10_s0']
 ALL_TRAINED = set(FIRST_SEED_RUNS + OTHER_SEED_RUNS + ONE_SEED_RUNS)
 
 
-def _run_study(tmp_path, jobs, first_seed_done, before=None):
+def _study_env(tmp_path, **settings):
+    """An empty CamVid layout, the stand-in interpreter, and the script's environment."""
     camvid = tmp_path / 'camvid'
     for d in ('train', 'val', 'valannot'):
         (camvid / d).mkdir(parents=True)
@@ -88,6 +89,13 @@ def _run_study(tmp_path, jobs, first_seed_done, before=None):
     fake = tmp_path / 'python'
     fake.write_text(FAKE.format(python=sys.executable))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return dict(os.environ, PYTHON=str(fake), FAKE_LOG=str(tmp_path / 'events.jsonl'),
+                CAMVID_ROOT=str(camvid), ITERS='8', OUT=str(tmp_path / 'out'),
+                RESULTS=str(tmp_path / 'results'), COMMIT='0', **settings)
+
+
+def _run_study(tmp_path, jobs, first_seed_done, before=None):
+    env = _study_env(tmp_path, SEEDS='0 1', JOBS=str(jobs))
     results = tmp_path / 'results'
     if first_seed_done:  # a study stopped after the first seed: those runs must be skipped
         for run in FIRST_SEED_RUNS:
@@ -100,9 +108,6 @@ def _run_study(tmp_path, jobs, first_seed_done, before=None):
     if before is not None:
         before(tmp_path / 'out')
     log = tmp_path / 'events.jsonl'
-    env = dict(os.environ, PYTHON=str(fake), FAKE_LOG=str(log), CAMVID_ROOT=str(camvid),
-               ITERS='8', SEEDS='0 1', JOBS=str(jobs), OUT=str(tmp_path / 'out'),
-               RESULTS=str(results), COMMIT='0')
     proc = subprocess.run(['bash', SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -213,17 +218,8 @@ def test_stopped_runs_resume_from_their_checkpoint(tmp_path):
 def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
     """While a study (or runs it started) is going on in OUT, another start there would train
     the runs in flight a second time: it stops at once, with one line, exit code 2."""
-    camvid = tmp_path / 'camvid'
-    for d in ('train', 'val', 'valannot'):
-        (camvid / d).mkdir(parents=True)
-    (camvid / 'val.txt').write_text('')
-    fake = tmp_path / 'python'
-    fake.write_text(FAKE.format(python=sys.executable))
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = _study_env(tmp_path, SEEDS='0', JOBS='1')
     log = tmp_path / 'events.jsonl'
-    env = dict(os.environ, PYTHON=str(fake), FAKE_LOG=str(log), CAMVID_ROOT=str(camvid),
-               ITERS='8', SEEDS='0', JOBS='1', OUT=str(tmp_path / 'out'),
-               RESULTS=str(tmp_path / 'results'), COMMIT='0')
     first = subprocess.Popen(['bash', SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
