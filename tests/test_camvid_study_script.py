@@ -239,3 +239,89 @@ def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
     again = subprocess.run(['bash', SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=60)
     assert again.returncode == 0 and 'skip ce_s0' in again.stdout
+
+
+def test_each_temperature_follows_its_ce_run_at_once(tmp_path):
+    """A session that cannot keep OUT loses its checkpoints, so the temperature, which needs
+    the CE model, is fitted right after its CE run (one slot: the exact order of starts)."""
+    events, _ = _run_study(tmp_path, 1, first_seed_done=False)
+    started = [run for event, run, _ in events if event == 'start']
+    assert started[:9] == ['ce_s0', 'ce_ts_s0', 'cals_m10_s0', 'logit_gaps', 'cals_chosen_s0',
+                           'ce_s1', 'ce_ts_s1', 'cals_m10_s1', 'cals_chosen_s1']
+    assert sorted(started[9:]) == sorted(ONE_SEED_RUNS)
+
+
+def test_runs_does_only_the_named_runs(tmp_path):
+    """RUNS shares a study out: only the named runs are trained (the temperature as
+    ce_ts_sN), the rest is skipped with a line saying so, and with no CALS-chosen run named
+    the margin is not measured (it would need the first seed's CE model)."""
+    env = _study_env(tmp_path, SEEDS='0 1', JOBS='2', RUNS='ce_s1 ce_ts_s1 cals_m10_s1')
+    proc = subprocess.run(['bash', SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = [json.loads(line) for line in (tmp_path / 'events.jsonl').read_text().splitlines()]
+    assert sorted(run for event, run, _ in events if event == 'start') == [
+        'cals_m10_s1', 'ce_s1', 'ce_ts_s1']
+    assert '== skip ce_s0 (not in RUNS)' in proc.stdout.splitlines()
+    assert '== skip cals_chosen_s1 (not in RUNS)' in proc.stdout.splitlines()
+    results = tmp_path / 'results'
+    assert sorted(p.name for p in results.iterdir()) == ['cals_m10_s1', 'ce_s1', 'ce_ts_s1']
+
+
+def test_a_model_gone_with_an_earlier_out_is_named(tmp_path):
+    """CE results committed by an earlier study whose OUT is gone: the temperature (and the
+    margin) cannot be fitted without the model. Each says so in one line naming the file and
+    the fix; the other runs go on, and the study ends with a failure."""
+    env = _study_env(tmp_path, SEEDS='0 1', JOBS='2', RUNS='ce_ts_s1 cals_m10_s1')
+    ce_s1 = tmp_path / 'results' / 'ce_s1'
+    ce_s1.mkdir(parents=True)
+    (ce_s1 / 'wall_time.json').write_text('{}')
+    proc = subprocess.run(['bash', SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    model = tmp_path / 'out' / 'ce_s1' / 'train' / 'iter_8.pth'
+    assert (f'== ce_ts_s1 needs ce_s1\'s model {model}, not found: train ce_s1 in this OUT '
+            f'first (results from another OUT: remove {ce_s1} to retrain it)'
+            in proc.stderr.splitlines())
+    assert (tmp_path / 'results' / 'cals_m10_s1' / 'wall_time.json').is_file()
+    assert not (tmp_path / 'results' / 'ce_ts_s1').exists()
+
+    env['RUNS'] = 'cals_chosen_s1'
+    proc = subprocess.run(['bash', SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines()[-1].startswith(
+        "== the margin needs ce_s0's model ")
+    assert not (tmp_path / 'results' / 'cals_chosen_s1').exists()
+
+
+def test_a_script_edited_during_a_study_does_not_change_it(tmp_path):
+    """A study runs for hours; the script may be edited or pulled meanwhile. bash reads a
+    script as it goes, so without care the running study would go on from the same byte
+    offset of the new file (seen: it ran the study's loop a second time). Here the copy being
+    run gets 2000 bytes more at its top while the first run trains: the study still does every
+    run once and ends well."""
+    script = tmp_path / 'camvid_study.sh'
+    script.write_text(open(SCRIPT).read())
+    env = _study_env(tmp_path, SEEDS='0', JOBS='1')
+    log = tmp_path / 'events.jsonl'
+    study = subprocess.Popen(['bash', str(script)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        edited = '#!/usr/bin/env bash\n' + '# an edit\n' * 200 + open(SCRIPT).read()
+        with open(script, 'r+') as f:  # in place, as an editor or git may write it
+            f.write(edited)
+    finally:
+        out, err = study.communicate(timeout=300)
+    assert study.returncode == 0, out + err
+    started = [json.loads(line)[1] for line in log.read_text().splitlines()
+               if json.loads(line)[0] == 'start']
+    assert sorted(r for r in started if r in ALL_TRAINED) == sorted(
+        ['ce_s0', 'cals_m10_s0', 'cals_chosen_s0'] + ONE_SEED_RUNS)
+    # and nothing ran twice: the running study did not go on into the edited file
+    assert '(results exist)' not in out, out
+    assert out.count(' train ce_s0') == 1
+    assert out.rstrip().splitlines()[-1].endswith(' done')

@@ -39,7 +39,17 @@
 # segments, each counted up to the checkpoint the next one resumed from (the work after it was
 # redone, and is not counted twice); a resumed segment includes mmengine's pass over the
 # batches already trained. wall_time.json lists the segments.
+#
+# A session or machine that cannot keep OUT until the next one loses its checkpoints, so each
+# CE run is followed at once, in the same job, by the temperature fitted to it (the only later
+# step that needs a CE model besides the margin, which comes from the first seed's CE run
+# before any run needs it). RUNS="ce_s1 cals_m10_s1" does only the named runs (ce_ts_sN for a
+# temperature) and skips the rest, e.g. to share a study out between machines, each with its
+# own OUT and one RESULTS; the margin is measured only if a CALS-chosen run is to be trained.
 set -euo pipefail
+# The whole script is one block, so bash reads all of it before running any: a study runs for
+# hours, and a script edited (or pulled) meanwhile must not change what the running one does.
+{
 
 ITERS=${ITERS:-4000}
 SEEDS=${SEEDS:-"0 1 2"}
@@ -49,6 +59,7 @@ CKPT_INTERVAL=${CKPT_INTERVAL:-1000}  # a stopped run resumes from its last chec
 OUT=${OUT:-work_dirs/camvid_study_4k}
 RESULTS=${RESULTS:-docs/results/camvid_4k}
 COMMIT=${COMMIT:-0}
+RUNS=${RUNS:-}
 TABLES_ONLY=${TABLES_ONLY:-0}
 export CAMVID_ROOT=${CAMVID_ROOT:-data/camvid}
 REPORT_ROOT=${REPORT_ROOT:-$CAMVID_ROOT}
@@ -104,9 +115,9 @@ COMMON+=("${EXTRA[@]}")
 VALIDATE=("train_cfg.val_interval=$VAL_INTERVAL")
 NO_VALIDATION=("train_cfg.val_interval=$ITERS" "train_cfg.val_begin=$(( ITERS + 1 ))")
 
-commit() {  # commit RUN: the run's results, alone, under a lock shared by parallel runs
+commit() {  # commit RUN: the run's results, alone, under the repository's lock for studies
   [ "$COMMIT" = 1 ] || return 0
-  flock "$OUT/.commit.lock" sh -c "git add '$RESULTS/$1' && \
+  flock "$(git rev-parse --git-dir)/camvid-study-commit.lock" sh -c "git add '$RESULTS/$1' && \
     git commit -q -m 'CamVid study: $1' -- '$RESULTS/$1'" || echo "== commit of $1 failed" >&2
 }
 
@@ -155,11 +166,20 @@ checkpoint_iter() {  # checkpoint_iter TRAIN_DIR: iteration of the checkpoint a 
   basename "$path" .pth | sed -n 's/^iter_\([0-9]*\)$/\1/p'
 }
 
+listed() {  # listed RUN: whether RUNS (when set) names RUN
+  [ -z "$RUNS" ] || [[ " $RUNS " == *" $1 "* ]]
+}
+
+wanted() {  # wanted RUN: whether this study is to train RUN (not done yet, and listed)
+  [ ! -f "$RESULTS/$1/wall_time.json" ] && listed "$1"
+}
+
 train_and_test() {  # train_and_test RUN CONFIG SEED EXTRA_OPTIONS...
   local run=$1 config=$2 seed=$3 dir="$OUT/$1" start
   shift 3
   local resumed_at previous saved
   [ ! -f "$RESULTS/$run/wall_time.json" ] || { echo "== skip $run (results exist)"; return 0; }
+  listed "$run" || { echo "== skip $run (not in RUNS)"; return 0; }
   start=$(date +%s)
   resumed_at=$(checkpoint_iter "$dir/train")
   if [ -n "$resumed_at" ] && [ -f "$dir/segments" ]; then
@@ -196,6 +216,11 @@ train_and_test() {  # train_and_test RUN CONFIG SEED EXTRA_OPTIONS...
 temperature() {  # temperature RUN FROM_RUN: fit T on the calibration part, report once
   local run=$1 from="$OUT/$2" res="$RESULTS/$1" start
   [ ! -f "$res/temperature_scaling.json" ] || { echo "== skip $run (results exist)"; return 0; }
+  listed "$run" || { echo "== skip $run (not in RUNS)"; return 0; }
+  [ -f "$from/train/iter_$ITERS.pth" ] || {
+    echo "== $run needs $2's model $from/train/iter_$ITERS.pth, not found: train $2 in this" \
+      "OUT first (results from another OUT: remove $RESULTS/$2 to retrain it)" >&2
+    return 1; }
   start=$(date +%s)
   echo "== $(date -u +%H:%M:%S) temperature scaling $run"
   "$PYTHON" tools/analysis/temperature_scaling.py "$(printf "$CFG" ce)" \
@@ -214,6 +239,11 @@ temperature() {  # temperature RUN FROM_RUN: fit T on the calibration part, repo
 chosen_margin() {  # measure the first-seed CE model's gaps on the calibration part, once
   local res="$RESULTS/margin" ce="$OUT/ce_s$FIRST_SEED"
   if [ ! -f "$res/margin.json" ]; then
+    [ -f "$ce/train/iter_$ITERS.pth" ] || {
+      echo "== the margin needs ce_s$FIRST_SEED's model $ce/train/iter_$ITERS.pth, not found:" \
+        "train ce_s$FIRST_SEED in this OUT first (results from another OUT: remove" \
+        "$RESULTS/ce_s$FIRST_SEED to retrain it)" >&2
+      return 1; }
     echo "== $(date -u +%H:%M:%S) logit gaps of ce_s$FIRST_SEED on the calibration part" >&2
     "$PYTHON" tools/analysis/logit_gaps.py "$(printf "$CFG" ce)" "$ce/train/iter_$ITERS.pth" \
       --split val --quantiles 0.5 0.9 0.99 --margins 5 10 20 --work-dir "$OUT/logit_gaps" \
@@ -244,28 +274,39 @@ drain() { while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done; }
 cals() { local m=$1; echo "model.decode_head.loss_decode.1.margin=$m"; }
 CALS_TRAIN=("custom_hooks.0.source=train" "custom_hooks.0.interval=$VAL_INTERVAL")
 
+ce_and_temperature() {  # ce_and_temperature SEED: CE, then at once the temperature fitted to it
+  train_and_test "ce_s$1" "$(printf "$CFG" ce)" "$1" "${VALIDATE[@]}" || return 1
+  temperature "ce_ts_s$1" "ce_s$1"
+}
+
 if [ "$TABLES_ONLY" != 1 ]; then
   # First the two runs that need nothing else: CE (for the margin) and CALS at the paper's 10.
-  launch train_and_test "ce_s$FIRST_SEED" "$(printf "$CFG" ce)" "$FIRST_SEED" "${VALIDATE[@]}"
+  launch ce_and_temperature "$FIRST_SEED"
   launch train_and_test "cals_m10_s$FIRST_SEED" "$(printf "$CFG" cals)" "$FIRST_SEED" \
     "${VALIDATE[@]}"
-  drain
-  MARGIN=$(chosen_margin)
-  echo "== chosen margin: $MARGIN"
-  launch temperature "ce_ts_s$FIRST_SEED" "ce_s$FIRST_SEED"
+  chosen=()
+  for seed in $SEEDS; do
+    wanted "cals_chosen_s$seed" && chosen+=("cals_chosen_s$seed")
+  done
+  if [ "${#chosen[@]}" -gt 0 ]; then
+    # The margin needs the first seed's CE model: wait for it (the CALS-m10 run may go on).
+    while [ ! -f "$RESULTS/ce_s$FIRST_SEED/wall_time.json" ] && [ "$(jobs -rp | wc -l)" -gt 0 ]
+    do wait -n || failed=1; done
+    pending  # the measurement takes a slot of its own
+    MARGIN=$(chosen_margin)
+    echo "== chosen margin: $MARGIN"
+  fi
+  MARGIN=${MARGIN:-none}  # (no CALS-chosen run is to be trained: each says why it is skipped)
   launch train_and_test "cals_chosen_s$FIRST_SEED" "$(printf "$CFG" cals)" "$FIRST_SEED" \
     "${VALIDATE[@]}" "$(cals "$MARGIN")"
   for seed in $SEEDS; do
     [ "$seed" = "$FIRST_SEED" ] && continue
-    launch train_and_test "ce_s$seed" "$(printf "$CFG" ce)" "$seed" "${VALIDATE[@]}"
+    launch ce_and_temperature "$seed"
     launch train_and_test "cals_m10_s$seed" "$(printf "$CFG" cals)" "$seed" "${VALIDATE[@]}"
     launch train_and_test "cals_chosen_s$seed" "$(printf "$CFG" cals)" "$seed" \
       "${VALIDATE[@]}" "$(cals "$MARGIN")"
   done
   drain  # the 3-seed tables (CE, CE + TS, both CALS) are complete before the 1-seed baselines
-  for seed in $SEEDS; do
-    [ "$seed" = "$FIRST_SEED" ] || launch temperature "ce_ts_s$seed" "ce_s$seed"
-  done
   for m in ls mbls focal ecp; do
     launch train_and_test "${m}_s$FIRST_SEED" "$(printf "$CFG" $m)" "$FIRST_SEED" \
       "${NO_VALIDATION[@]}"
@@ -280,3 +321,5 @@ fi
   --camvid-root "$CAMVID_ROOT" --exclude-sequences "$CALIBRATION_SEQUENCE"
 [ "$failed" = 0 ] || { echo "== some runs failed (see the messages above)" >&2; exit 1; }
 echo "== $(date -u +%H:%M:%S) done"
+exit 0
+}
