@@ -44,6 +44,7 @@ if tool == 'train.py':
             first = int(os.path.basename(f.read().strip())[5:-4])
         log('resume', run)
     log('start', run)
+    print('  - CPU capability usage: AVX2')  # as torch's build information in the log
     time.sleep(0.3)
     iters = int([a for a in args if a.startswith('train_cfg.max_iters=')][-1].split('=')[1])
     write(os.path.join(work, 'iter_%d.pth' % iters), {{}})
@@ -207,6 +208,8 @@ def test_stopped_runs_resume_from_their_checkpoint(tmp_path):
     assert (second['from_iter'], second['to_iter']) == (4, 8)
     assert 0 <= second['seconds'] < 60
     assert wall['train_and_test_seconds'] == first['seconds'] + second['seconds']
+    # where it ran: the kernels torch chose, from the training log
+    assert wall['machine'].endswith(f', {os.cpu_count()} CPUs, torch kernels AVX2')
     log = (results / 'ce_s1' / 'train.log').read_text()
     assert log.startswith('the stopped segment\n== resumed from iteration 4\n')
 

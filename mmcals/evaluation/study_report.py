@@ -232,16 +232,19 @@ def diagnostics_png(histories: list[tuple[str, dict]], path: str) -> None:
 
 def wall_times(found: list[tuple[str, str]]) -> str:
     """One row per run; a run stopped and resumed (``segments`` in its wall_time.json) says
-    from which iterations, its time being the sum of its segments."""
-    lines = ['| run | wall time (min) | resumed at iteration |', '| --- | ---: | --- |']
+    from which iterations, its time being the sum of its segments; and the machine it ran on
+    where the study recorded it (runs on different machines do not compare)."""
+    lines = ['| run | wall time (min) | resumed at iteration | machine |',
+             '| --- | ---: | --- | --- |']
     total = 0.0
     for _, folder in found:
         data = _load(osp.join(folder, 'wall_time.json'))
         seconds = data.get('train_and_test_seconds', data.get('fit_and_test_seconds'))
         total += seconds
         resumed = ', '.join(str(s['from_iter']) for s in data.get('segments', [])[1:])
-        lines.append(f'| {osp.basename(folder)} | {seconds / 60:.1f} | {resumed} |')
-    lines.append(f'| all (run two at a time) | {total / 60:.1f} | |')
+        machine = data.get('machine', 'not recorded')
+        lines.append(f'| {osp.basename(folder)} | {seconds / 60:.1f} | {resumed} | {machine} |')
+    lines.append(f'| all (run two at a time) | {total / 60:.1f} | | |')
     return '\n'.join(lines) + '\n'
 
 

@@ -66,7 +66,8 @@ def results(tmp_path):
         'run': 'ls_s0', 'train_and_test_seconds': 600, 'segments': [
             {'from_iter': 0, 'to_iter': 250, 'seconds': 100},
             {'from_iter': 250, 'to_iter': 750, 'seconds': 200},
-            {'from_iter': 750, 'to_iter': 1000, 'seconds': 300}]})
+            {'from_iter': 750, 'to_iter': 1000, 'seconds': 300}],
+        'machine': 'Some CPU, 2 CPUs, torch kernels AVX2'})
     _dump(osp.join(root, 'margin', 'margin.json'), {'margin': 9.0})
     return root
 
@@ -111,9 +112,11 @@ def test_tables_and_figures_from_the_results_alone(results, tmp_path):
     # Convergence: the last quarter (iterations >= 750) of CE s0's mIoU: 40-1000/750 .. 40-1.
     conv = open(osp.join(out, 'convergence.md')).read()
     assert f'{(1000 / 750 - 1):.2f} points' in conv
-    # Wall times: a resumed run says where it resumed; the total adds every run.
+    # Wall times: a resumed run says where it resumed, each run where it ran (when the study
+    # recorded it); the total adds every run.
     wall = _rows(open(osp.join(out, 'wall_times.md')).read())
-    assert wall['ls_s0'] == ['10.0', '250, 750'] and wall['ce_s0'] == ['2.0', '']
+    assert wall['ls_s0'] == ['10.0', '250, 750', 'Some CPU, 2 CPUs, torch kernels AVX2']
+    assert wall['ce_s0'] == ['2.0', '', 'not recorded']
     assert wall['all (run two at a time)'][0] == f'{(6 * 120 + 600) / 60:.1f}'
 
 

@@ -152,8 +152,21 @@ with open(os.path.join(run_dir, 'segments')) as f:
         start, first, end, last = (line.split() + ['', ''])[:4]
         segments.append({'from_iter': int(first), 'seconds': (int(end) if end else now) - int(start),
                          'to_iter': int(last) if last else iters})
+# Where it ran: wall times of runs made on different machines do not compare (the kernels
+# torch picks, AVX2 or AVX-512, also change the floats: docs/stack.md section 6).
+model = ''
+if os.path.isfile('/proc/cpuinfo'):
+    model = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo')
+                  if l.startswith('model name')), '')
+kernels = []
+for line in open(run_dir + '.train.log', errors='replace'):
+    if 'CPU capability usage:' in line:
+        value = line.split(':', 1)[1].strip()
+        kernels += [] if value in kernels else [value]
+machine = f"{model or 'CPU'}, {os.cpu_count()} CPUs, torch kernels {'/'.join(kernels) or '?'}"
 json.dump({'run': run, 'train_and_test_seconds': sum(s['seconds'] for s in segments),
-           'iters': iters, 'segments': segments}, open(os.path.join(out, 'wall_time.json'), 'w'))
+           'iters': iters, 'segments': segments, 'machine': machine},
+          open(os.path.join(out, 'wall_time.json'), 'w'))
 PY
   rm -rf "$res" && mv "$tmp" "$res"
 }
