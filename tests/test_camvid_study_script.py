@@ -92,7 +92,7 @@ def _study_env(tmp_path, **settings):
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     return dict(os.environ, PYTHON=str(fake), FAKE_LOG=str(tmp_path / 'events.jsonl'),
                 CAMVID_ROOT=str(camvid), ITERS='8', OUT=str(tmp_path / 'out'),
-                RESULTS=str(tmp_path / 'results'), COMMIT='0', **settings)
+                RESULTS=str(tmp_path / 'results'), COMMIT='0', OMP_NUM_THREADS='1', **settings)
 
 
 def _run_study(tmp_path, jobs, first_seed_done, before=None):
@@ -209,7 +209,7 @@ def test_stopped_runs_resume_from_their_checkpoint(tmp_path):
     assert 0 <= second['seconds'] < 60
     assert wall['train_and_test_seconds'] == first['seconds'] + second['seconds']
     # where it ran: the kernels torch chose, from the training log
-    assert wall['machine'].endswith(f', {os.cpu_count()} CPUs, torch kernels AVX2')
+    assert wall['machine'].endswith(f', {os.cpu_count()} CPUs, torch kernels AVX2, 1 thread(s)')
     log = (results / 'ce_s1' / 'train.log').read_text()
     assert log.startswith('the stopped segment\n== resumed from iteration 4\n')
 

@@ -163,7 +163,8 @@ for line in open(run_dir + '.train.log', errors='replace'):
     if 'CPU capability usage:' in line:
         value = line.split(':', 1)[1].strip()
         kernels += [] if value in kernels else [value]
-machine = f"{model or 'CPU'}, {os.cpu_count()} CPUs, torch kernels {'/'.join(kernels) or '?'}"
+machine = (f"{model or 'CPU'}, {os.cpu_count()} CPUs, torch kernels {'/'.join(kernels) or '?'}, "
+           f"{os.environ.get('OMP_NUM_THREADS', '?')} thread(s)")
 json.dump({'run': run, 'train_and_test_seconds': sum(s['seconds'] for s in segments),
            'iters': iters, 'segments': segments, 'machine': machine},
           open(os.path.join(out, 'wall_time.json'), 'w'))
