@@ -227,14 +227,19 @@ train_and_test() {  # train_and_test RUN CONFIG SEED EXTRA_OPTIONS...
   echo "== $(date -u +%H:%M:%S) done $run"
 }
 
+need_model() {  # need_model WHO RUN: RUN's final checkpoint is in OUT, or one line says why not
+  local model="$OUT/$2/train/iter_$ITERS.pth"
+  [ -f "$model" ] || {
+    echo "== $1 needs $2's model $model, not found: train $2 in this OUT first (results" \
+      "from another OUT: remove $RESULTS/$2 to retrain it)" >&2
+    return 1; }
+}
+
 temperature() {  # temperature RUN FROM_RUN: fit T on the calibration part, report once
   local run=$1 from="$OUT/$2" res="$RESULTS/$1" start
   [ ! -f "$res/temperature_scaling.json" ] || { echo "== skip $run (results exist)"; return 0; }
   listed "$run" || { echo "== skip $run (not in RUNS)"; return 0; }
-  [ -f "$from/train/iter_$ITERS.pth" ] || {
-    echo "== $run needs $2's model $from/train/iter_$ITERS.pth, not found: train $2 in this" \
-      "OUT first (results from another OUT: remove $RESULTS/$2 to retrain it)" >&2
-    return 1; }
+  need_model "$run" "$2" || return 1
   start=$(date +%s)
   echo "== $(date -u +%H:%M:%S) temperature scaling $run"
   "$PYTHON" tools/analysis/temperature_scaling.py "$(printf "$CFG" ce)" \
@@ -253,11 +258,7 @@ temperature() {  # temperature RUN FROM_RUN: fit T on the calibration part, repo
 chosen_margin() {  # measure the first-seed CE model's gaps on the calibration part, once
   local res="$RESULTS/margin" ce="$OUT/ce_s$FIRST_SEED"
   if [ ! -f "$res/margin.json" ]; then
-    [ -f "$ce/train/iter_$ITERS.pth" ] || {
-      echo "== the margin needs ce_s$FIRST_SEED's model $ce/train/iter_$ITERS.pth, not found:" \
-        "train ce_s$FIRST_SEED in this OUT first (results from another OUT: remove" \
-        "$RESULTS/ce_s$FIRST_SEED to retrain it)" >&2
-      return 1; }
+    need_model "the margin" "ce_s$FIRST_SEED" || return 1
     echo "== $(date -u +%H:%M:%S) logit gaps of ce_s$FIRST_SEED on the calibration part" >&2
     "$PYTHON" tools/analysis/logit_gaps.py "$(printf "$CFG" ce)" "$ce/train/iter_$ITERS.pth" \
       --split val --quantiles 0.5 0.9 0.99 --margins 5 10 20 --work-dir "$OUT/logit_gaps" \
@@ -298,11 +299,11 @@ if [ "$TABLES_ONLY" != 1 ]; then
   launch ce_and_temperature "$FIRST_SEED"
   launch train_and_test "cals_m10_s$FIRST_SEED" "$(printf "$CFG" cals)" "$FIRST_SEED" \
     "${VALIDATE[@]}"
-  chosen=()
+  any_chosen=0
   for seed in $SEEDS; do
-    wanted "cals_chosen_s$seed" && chosen+=("cals_chosen_s$seed")
+    ! wanted "cals_chosen_s$seed" || any_chosen=1
   done
-  if [ "${#chosen[@]}" -gt 0 ]; then
+  if [ "$any_chosen" = 1 ]; then
     # The margin needs the first seed's CE model: wait for it (the CALS-m10 run may go on).
     while [ ! -f "$RESULTS/ce_s$FIRST_SEED/wall_time.json" ] && [ "$(jobs -rp | wc -l)" -gt 0 ]
     do wait -n || failed=1; done
