@@ -1,6 +1,7 @@
-# The converged schedule of the CamVid study (docs/results_camvid.md): the 2000-iteration
-# config with every length doubled to 4000 iterations (poly decay to iteration 4000, one
-# checkpoint at the end; validation and CALS updates stay every 250 iterations).
+# The second schedule of the CamVid study (docs/results_camvid.md, which reports the 16k one):
+# the 2000-iteration config with every length doubled to 4000 iterations (poly decay to
+# iteration 4000, one checkpoint at the end; validation and CALS updates stay every 250
+# iterations).
 _base_ = './fast_scnn-ce_1xb8-2k_camvid-128x128.py'
 max_iters = 4000
 param_scheduler = [

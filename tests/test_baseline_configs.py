@@ -59,10 +59,11 @@ def test_camvid_configs_differ_only_in_the_loss(repo_root):
     assert 'custom_hooks' not in configs['ce']
 
 
-def test_camvid_4k_configs_are_the_study_schedule_of_the_2k_configs(repo_root):
-    """``fast_scnn-*-4k`` configs equal the 2k configs with the length overrides that
-    tools/experiments/camvid_study.sh passes for ITERS=4000 (the study's results were made that
-    way), so a user training a 4k config reproduces a study run."""
+@pytest.mark.parametrize('iters', [4000, 16000])
+def test_camvid_long_configs_are_the_study_schedule_of_the_2k_configs(repo_root, iters):
+    """``fast_scnn-*-4k`` and ``-16k`` configs equal the 2k configs with the length overrides
+    that tools/experiments/camvid_study.sh passes for ITERS=4000 and 16000 (the study's results
+    were made that way), so a user training one of them reproduces a study run."""
     import re
     with open(osp.join(repo_root, 'tools', 'experiments', 'camvid_study.sh')) as f:
         common = re.search(r'^COMMON=\((.*?)^\)', f.read(), re.M | re.S)[1]  # every run's
@@ -70,17 +71,21 @@ def test_camvid_4k_configs_are_the_study_schedule_of_the_2k_configs(repo_root):
     assert {'train_cfg.max_iters', 'param_scheduler.0.end'} <= set(keys), keys
     for method in METHODS:
         long = Config.fromfile(osp.join(repo_root, 'configs',
-                                        f'fast_scnn-{method}_1xb8-4k_camvid-128x128.py'))
+                                        f'fast_scnn-{method}_1xb8-{iters // 1000}k_camvid-'
+                                        '128x128.py'))
         short = Config.fromfile(osp.join(repo_root, 'configs',
                                          f'fast_scnn-{method}_1xb8-2k_camvid-128x128.py'))
-        assert short.train_cfg.max_iters == 2000 and long.train_cfg.max_iters == 4000
-        short.merge_from_dict({key: 4000 for key in keys}, allow_list_keys=True)
+        assert short.train_cfg.max_iters == 2000 and long.train_cfg.max_iters == iters
+        assert long.param_scheduler[0].end == iters, method
+        short.merge_from_dict({key: iters for key in keys}, allow_list_keys=True)
         long, short = long.to_dict(), short.to_dict()
         long.pop('max_iters'), short.pop('max_iters')  # the base's helper variable
-        # The study keeps a checkpoint every CKPT_INTERVAL iterations so that a stopped run
-        # resumes (bit-identically): when checkpoints are written does not change a run.
+        # The study keeps a checkpoint every CKPT_INTERVAL iterations (the last one) so that a
+        # stopped run resumes (bit-identically): when checkpoints are written does not change
+        # a run.
         for cfg in (long, short):
             cfg['default_hooks']['checkpoint'].pop('interval')
+            cfg['default_hooks']['checkpoint'].pop('max_keep_ckpts', None)
         assert long == short, method
 
 
