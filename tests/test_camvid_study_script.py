@@ -71,7 +71,9 @@ elif tool == 'temperature_scaling.py':
     log('start', os.path.basename(work))
     write(os.path.join(work, 'temperature_scaling.json'), {{}})
     write(os.path.join(work, 'calibration.json'), {{}})
-elif tool != 'camvid_report.py':
+elif tool == 'camvid_report.py':
+    log('report', args[1])
+else:
     sys.exit('unexpected tool ' + args[0])
 '''
 
@@ -328,3 +330,26 @@ def test_a_script_edited_during_a_study_does_not_change_it(tmp_path):
     assert '(results exist)' not in out, out
     assert out.count(' train ce_s0') == 1
     assert out.rstrip().splitlines()[-1].endswith(' done')
+
+
+@pytest.mark.parametrize('iters, name', [('12000', '12k'), ('2500', '2500')])
+def test_default_folders_are_named_after_the_schedule(tmp_path, iters, name):
+    """Without OUT and RESULTS the folders are named after ITERS, so results of one schedule
+    are never skipped over as another's (a run whose results exist is not trained again)."""
+    env = _study_env(tmp_path, TABLES_ONLY='1')
+    env['ITERS'] = iters
+    del env['OUT'], env['RESULTS']
+    out = osp.join(REPO, 'work_dirs', f'camvid_study_{name}')
+    results = osp.join('docs', 'results', f'camvid_{name}')
+    assert not osp.exists(out) and not osp.exists(osp.join(REPO, results))
+    try:
+        proc = subprocess.run(['bash', SCRIPT], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert osp.isdir(out) and osp.isdir(osp.join(REPO, results))
+    finally:  # the script made them in the repository: remove them (empty) again
+        for path in (out, osp.join(REPO, results)):
+            if osp.isdir(path):
+                os.rmdir(path)
+    events = [json.loads(line) for line in (tmp_path / 'events.jsonl').read_text().splitlines()]
+    assert [run for event, run, _ in events if event == 'report'] == [results]
