@@ -92,6 +92,22 @@ def versus_ce(methods: list[dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def confidence(runs: list[dict]) -> str:
+    """Per run: mean top-label confidence and pixel accuracy on the report split, and their
+    difference, which says in which direction the run is miscalibrated (ECE does not)."""
+    lines = ['Mean confidence (top-label probability) and pixel accuracy on the report split, '
+             'in percent; the difference is positive for an over-confident run and negative '
+             'for an under-confident one.', '',
+             '| run | mean confidence | pixel accuracy | confidence − accuracy |',
+             '| --- | ---: | ---: | ---: |']
+    for run in runs:
+        metrics = run['summary']['metrics']
+        conf, acc = metrics['mean_confidence'], metrics['pixel_accuracy']
+        lines.append(f"| {osp.basename(run['work_dir'])} | {conf:.2f} | {acc:.2f} | "
+                     f'{conf - acc:+.2f} |')
+    return '\n'.join(lines) + '\n'
+
+
 def convergence(found: list[tuple[str, str]], out_dir: str) -> str:
     """CE's training loss and calibration-part mIoU/ECE against iterations: a PNG and a
     markdown table; returns the markdown."""
@@ -283,6 +299,7 @@ def main(argv=None) -> None:
     comparison.write_markdown(per_run, comparison.group_runs(per_run),
                               osp.join(out, 'comparison_runs.md'))
     _write(osp.join(out, 'versus_ce.md'), versus_ce(methods))
+    _write(osp.join(out, 'confidence.md'), confidence(runs))
     _write(osp.join(out, 'convergence.md'), convergence(found, out))
     histories = _histories(found)
     margin_file = osp.join(args.results, 'margin', 'margin.json')

@@ -83,7 +83,8 @@ def test_tables_and_figures_from_the_results_alone(results, tmp_path):
     proc = run_tool(TOOL, results, '--out-dir', out, '--camvid-root', tmp_path / 'absent',
                     timeout=300)
     assert proc.returncode == 0, proc.stderr
-    for name in ('comparison.md', 'comparison_runs.md', 'versus_ce.md', 'convergence.md',
+    for name in ('comparison.md', 'comparison_runs.md', 'versus_ce.md', 'confidence.md',
+                 'convergence.md',
                  'convergence.png', 'lambda_table.md', 'cals_diagnostics.png',
                  'reliability_comparison.png', 'wall_times.md'):
         assert osp.getsize(osp.join(out, name)) > 0, name
@@ -104,6 +105,17 @@ def test_tables_and_figures_from_the_results_alone(results, tmp_path):
     ls_ece = _summary(0.5, 0)['metrics']['ECE'] - mean
     assert versus['LS'][1].split()[0] == f'{ls_ece:+.2f}'
     assert versus['LS'][1].endswith('≈') == (abs(ls_ece) <= spread)
+
+    # Confidence against accuracy, per run, from its calibration.json: the sharpest CE run
+    # (logits x 2) is the most confident; the difference is confidence - accuracy.
+    conf = _rows(open(osp.join(out, 'confidence.md')).read())
+    for seed, sharp in enumerate([1.0, 1.5, 2.0]):
+        metrics = _summary(sharp, seed)['metrics']
+        assert conf[f'ce_s{seed}'] == [
+            f"{metrics['mean_confidence']:.2f}", f"{metrics['pixel_accuracy']:.2f}",
+            f"{metrics['mean_confidence'] - metrics['pixel_accuracy']:+.2f}"]
+    assert float(conf['ls_s0'][2]) < 0 < float(conf['ce_s2'][2])  # blunt LS, sharp CE
+    assert len(conf) == 7  # every run: 3 CE, 3 CALS-m10, LS
 
     # λ table: last update's λ and acting share per class; a class without pairs shows '-'.
     lam = _rows(open(osp.join(out, 'lambda_table.md')).read())

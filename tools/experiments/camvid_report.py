@@ -10,7 +10,8 @@ RESULTS holds one folder per finished run, as tools/experiments/camvid_study.sh 
 listed. Writes into ``--out-dir``: ``comparison.md`` and ``reliability_comparison.png`` (one
 row per method, mean ± half the range over seeds), ``comparison_runs.md`` (one row per run),
 ``versus_ce.md`` (each method's difference to CE, marked where it lies inside CE's seed
-spread), ``lambda_table.md``, ``convergence.png`` / ``convergence.md`` (the CE runs' training
+spread), ``confidence.md`` (each run's mean confidence against its pixel accuracy),
+``lambda_table.md``, ``convergence.png`` / ``convergence.md`` (the CE runs' training
 loss and calibration-part mIoU), ``cals_diagnostics.png`` (λ and the acting share per class over
 the updates of each CALS run) and ``wall_times.md``.
 
