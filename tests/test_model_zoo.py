@@ -36,7 +36,10 @@ def zoo_rows() -> dict:
 
 # The method table of each schedule of the CamVid study: its heading in docs/results_camvid.md
 # and the footnote mark of the zoo rows that quote it.
-CAMVID_TABLES = {'¹': '## Results on CamVid val', '³': '### 2000 iterations: results on CamVid val'}
+CAMVID_TABLES = {'¹': '## Results on CamVid val', '³': '### 2000 iterations: results on CamVid val',
+                 '⁴': '### 4000 iterations: results on CamVid val'}
+# The schedule each table is of: a row's config must have it.
+CAMVID_LENGTHS = {'¹': 16000, '³': 2000, '⁴': 4000}
 
 
 def camvid_results(heading: str = CAMVID_TABLES['¹']) -> dict:
@@ -94,19 +97,18 @@ def test_each_row_says_what_its_config_trains(name):
 
 def test_results_are_only_those_really_run():
     # The footnote says which schedule's table a row quotes, and the row's config must have
-    # that schedule: 4000 iterations for the study's table, 2000 for its first schedule.
-    lengths = {'¹': 4000, '³': 2000}
+    # that schedule: 16,000 iterations for the study's table, 2000 and 4000 for earlier ones.
     tables = {mark: camvid_results(heading) for mark, heading in CAMVID_TABLES.items()}
     for name, row in zoo_rows().items():
         result = row['results']
         if '_camvid' in name and result != 'not run':
             match = re.fullmatch(r'mIoU ([\d.]+(?: ± [\d.]+)?), ECE ([\d.]+(?: ± [\d.]+)?) '
-                                 r'\(([^,)]+)(?:, (\d+) runs)?\) ([¹³])', result)
+                                 r'\(([^,)]+)(?:, (\d+) runs)?\) ([¹³⁴])', result)
             assert match, f'{name}: {result}'
             reference = tables[match[5]]
             assert reference, f'no method table under "{CAMVID_TABLES[match[5]]}"'
-            assert load(name).train_cfg.max_iters == lengths[match[5]], (
-                f'{name} quotes the table of the {lengths[match[5]]}-iteration schedule')
+            assert load(name).train_cfg.max_iters == CAMVID_LENGTHS[match[5]], (
+                f'{name} quotes the table of the {CAMVID_LENGTHS[match[5]]}-iteration schedule')
             method = match[3] + (f' ({match[4]} runs)' if match[4] else '')
             assert reference.get(method) == (match[1], match[2]), (
                 f'{name}: {result} differs from docs/results_camvid.md {reference.get(method)}; '
