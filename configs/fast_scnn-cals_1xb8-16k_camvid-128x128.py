@@ -1,6 +1,6 @@
 # The last schedule of the CamVid study, the one it reports (docs/results_camvid.md): the
 # 2000-iteration config with its length set to 16,000 iterations (poly decay to iteration
-# 16,000; validation and CALS updates stay every 250 iterations). A run takes about an hour on
+# 16,000; validation and CALS updates stay every 250 iterations). A run takes an hour or more on
 # one CPU core, so a checkpoint is kept every 1000 iterations (the last one only): a stopped run
 # goes on with `--resume`.
 _base_ = './fast_scnn-cals_1xb8-2k_camvid-128x128.py'
